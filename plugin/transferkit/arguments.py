@@ -1,0 +1,136 @@
+"""The recipes' options, with transformers' example-script names, as dataclasses for HfArgumentParser.
+
+`TrainingArguments` is used as it is; the dataclasses here hold only what the Trainer lacks. Checks that need no
+data or model (ranges, combinations) run in `__post_init__`, so a bad config fails before anything is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transferkit.errors import TransferKitError
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"metadata": {"help": text, **extra}}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(**_help("Hub id or local folder of the pretrained model to start from."))
+    model_revision: str = field(default="main", **_help("Branch, tag or commit of the model on the Hub."))
+    tokenizer_name: str | None = field(default=None, **_help("Tokenizer to use when not the model's own."))
+    cache_dir: str | None = field(default=None, **_help("Where downloaded models and datasets are cached."))
+    trust_remote_code: bool = field(
+        default=False, **_help("Run code shipped inside a Hub repo. Off: only enable it for repos you trust.")
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        **_help("Also load pickled .bin weights (which can run arbitrary code). By default only safetensors."),
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, **_help("Dataset id on the Hub (or a local dataset script)."))
+    dataset_config_name: str | None = field(default=None, **_help("Configuration name of the Hub dataset."))
+    dataset_revision: str = field(default="main", **_help("Branch, tag or commit of the Hub dataset."))
+    train_file: str | None = field(
+        default=None,
+        **_help("Training data: a csv, tsv, json, jsonl, parquet (or txt for MLM) file, folder or glob."),
+    )
+    validation_file: str | None = field(default=None, **_help("Validation data, same formats as train_file."))
+    test_file: str | None = field(default=None, **_help("Test data, same formats; predictions are written for it."))
+    validation_split_percentage: int = field(
+        default=10,
+        **_help("Percent of the training data held out for validation when there is no validation split."),
+    )
+    test_split_percentage: int = field(
+        default=0,
+        **_help("Percent of the training data held out as a test split when there is none (0: none)."),
+    )
+    text_column_names: list[str] | None = field(
+        default=None,
+        **_help(
+            "One text column, or two encoded as a text pair. Default: 'text', 'sentence1 sentence2' or 'sentence'."
+        ),
+    )
+    label_column_name: str = field(default="label", **_help("Column holding the labels."))
+    drop_duplicates: bool = field(
+        default=False, **_help("Drop rows whose text repeats an earlier row, before any split is carved.")
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        **_help("Longest input in tokens after truncation. Default: the model's limit, at most 512."),
+    )
+    max_train_samples: int | None = field(default=None, **_help("Keep only this many training examples."))
+    max_eval_samples: int | None = field(default=None, **_help("Keep only this many validation examples."))
+    max_test_samples: int | None = field(default=None, **_help("Keep only this many test examples."))
+    preprocessing_num_workers: int | None = field(default=None, **_help("Processes used for tokenization."))
+    overwrite_cache: bool = field(default=False, **_help("Tokenize again instead of reusing the datasets cache."))
+
+    def __post_init__(self) -> None:
+        if self.dataset_name is None and self.train_file is None:
+            raise TransferKitError("No training data: set dataset_name (a Hub dataset) or train_file (local files).")
+        for name in ("validation_split_percentage", "test_split_percentage"):
+            value = getattr(self, name)
+            if not 0 <= value < 100:
+                raise TransferKitError(f"{name} must be between 0 and 99, got {value}.")
+        if self.validation_split_percentage + self.test_split_percentage >= 100:
+            raise TransferKitError("validation_split_percentage + test_split_percentage must stay below 100.")
+        if self.text_column_names is not None and not 1 <= len(self.text_column_names) <= 2:
+            raise TransferKitError(
+                f"text_column_names takes one column or two (a text pair), got {self.text_column_names}."
+            )
+        if self.max_seq_length is not None and self.max_seq_length < 8:
+            raise TransferKitError(f"max_seq_length must be at least 8 tokens, got {self.max_seq_length}.")
+
+
+@dataclass
+class ClassificationArguments:
+    problem_type: str | None = field(
+        default=None,
+        **_help(
+            f"One of {', '.join(PROBLEM_TYPES)}. Detected from the labels when unset: lists -> "
+            "multi-label, floats -> regression, anything else -> single-label."
+        ),
+    )
+    metric_name: str | None = field(
+        default=None,
+        **_help("An evaluate metric (local path or name) to use instead of the bundled metrics for the problem type."),
+    )
+    class_weights: list[str] | None = field(
+        default=None,
+        **_help(
+            "Weight the loss per class: 'auto' (inverse frequency in train) or one number per label, in label order."
+        ),
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        **_help("Stop after this many evaluations without improvement of metric_for_best_model; keeps the best model."),
+    )
+    early_stopping_threshold: float = field(default=0.0, **_help("Smallest change that counts as an improvement."))
+
+    def __post_init__(self) -> None:
+        if self.problem_type not in (None, *PROBLEM_TYPES):
+            raise TransferKitError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}.")
+        if self.class_weights and self.class_weights != ["auto"]:
+            try:
+                [float(weight) for weight in self.class_weights]
+            except ValueError:
+                raise TransferKitError(
+                    f"class_weights takes 'auto' or one number per label, got {self.class_weights}."
+                ) from None
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise TransferKitError(f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        **_help("Start afresh in an output_dir that already holds checkpoints or a finished run (they are replaced)."),
+    )
+    debug_errors: bool = field(default=False, **_help("Show full tracebacks for input errors (for bug reports)."))

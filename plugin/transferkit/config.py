@@ -1,0 +1,165 @@
+"""YAML + command-line configuration with TRL's semantics: the file sets defaults, flags on the command line win.
+
+Every recipe option and every `TrainingArguments` field is a key, under its own name. The YAML values are checked
+against the same argparse actions the command line uses, so a typo or a wrong type is caught before anything is
+loaded, with a message that names the key, the file and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
+
+from transferkit.errors import TransferKitError
+
+CONFIG_HELP = "YAML file whose keys set the defaults; flags given on the command line override them."
+
+
+def build_parser(dataclass_types: Sequence[type], description: str | None = None) -> HfArgumentParser:
+    """An HfArgumentParser over the recipe's dataclasses, plus `--config`."""
+    parser = HfArgumentParser(
+        list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=None, metavar="FILE.yaml", help=CONFIG_HELP)
+    return parser
+
+
+def parse_config(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> tuple:
+    """Parse `argv` (default: sys.argv) into one instance per dataclass.
+
+    Precedence, lowest first: the dataclass defaults, the recipe's `defaults`, the `--config` YAML file, the
+    command line.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(dataclass_types, description)
+    if defaults:
+        _apply_defaults(parser, _coerce_mapping(parser, defaults, source="recipe defaults"))
+    config_path = _config_path(argv)
+    if config_path is not None:
+        _apply_defaults(parser, load_yaml_config(parser, config_path))
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise TransferKitError(_unknown_flags_message(parser, remaining))
+    return tuple(parsed[: len(dataclass_types)])  # what follows is the namespace holding --config
+
+
+def load_yaml_config(parser: HfArgumentParser, path: str) -> dict[str, Any]:
+    """Read a YAML config and check every key and value against the parser's options."""
+    if not os.path.isfile(path):
+        raise TransferKitError(f"Config file not found: {path}. Pass the path of an existing YAML file to --config.")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            content = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            raise TransferKitError(f"{path} is not valid YAML: {err}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise TransferKitError(f"{path} must hold a mapping of option: value, got a {type(content).__name__}.")
+    return _coerce_mapping(parser, content, source=path)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    return known.config
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The option each config key maps to; `no_*` complements of booleans are not keys of their own."""
+    actions = {}
+    for action in parser._actions:
+        if action.dest in ("help", "config") or isinstance(action, argparse._StoreFalseAction):
+            continue
+        actions[action.dest] = action
+    return actions
+
+
+def _coerce_mapping(parser: argparse.ArgumentParser, mapping: dict[str, Any], source: str) -> dict[str, Any]:
+    actions = _actions_by_dest(parser)
+    coerced = {}
+    for key, value in mapping.items():
+        if key not in actions:
+            raise TransferKitError(_unknown_key_message(str(key), list(actions), source))
+        coerced[key] = _coerce_value(key, value, actions[key], source)
+    return coerced
+
+
+def _coerce_value(key: str, value: Any, action: argparse.Action, source: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if action.nargs in ("+", "*") or action.type in (int, float, string_to_bool) or action.choices:
+            raise TransferKitError(f"{source}: '{key}' expects {_describe(action)}, got a mapping {value!r}.")
+        return value  # dict-valued TrainingArguments fields (fsdp_config, lr_scheduler_kwargs, ...) take dicts
+    if action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        return [_coerce_scalar(key, item, action, source) for item in items]
+    if isinstance(value, list):
+        raise TransferKitError(f"{source}: '{key}' takes a single value, got the list {value!r}.")
+    return _coerce_scalar(key, value, action, source)
+
+
+def _coerce_scalar(key: str, value: Any, action: argparse.Action, source: str) -> Any:
+    expected = action.type
+    ok = True
+    if expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is string_to_bool:
+        ok = isinstance(value, bool)
+    elif expected is str or expected is None:
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    elif action.choices is not None:
+        ok = str(value) in {str(choice) for choice in action.choices}
+        value = expected(str(value)) if ok else value
+    if not ok:
+        raise TransferKitError(
+            f"{source}: '{key}' expects {_describe(action)}, got {value!r} ({type(value).__name__})."
+        )
+    return value
+
+
+def _describe(action: argparse.Action) -> str:
+    if action.choices is not None:
+        return "one of " + ", ".join(repr(str(choice)) for choice in action.choices)
+    names = {int: "an integer", float: "a number", string_to_bool: "true or false", str: "a string"}
+    described = names.get(action.type, getattr(action.type, "__name__", "a value"))
+    return f"a list of {described.removeprefix('an ').removeprefix('a ')}s" if action.nargs == "+" else described
+
+
+def _apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any]) -> None:
+    """Set defaults and relax `required`, since a value from a file satisfies a required option."""
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False
+
+
+def _unknown_key_message(key: str, valid: list[str], source: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else " Run the recipe with --help to list every option."
+    return f"{source}: unknown key '{key}'.{hint}"
+
+
+def _unknown_flags_message(parser: argparse.ArgumentParser, remaining: list[str]) -> str:
+    flags = [item for item in remaining if item.startswith("--")] or remaining
+    key = flags[0].lstrip("-").split("=")[0].replace("-", "_")
+    return _unknown_key_message(key, list(_actions_by_dest(parser)), "command line")

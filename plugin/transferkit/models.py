@@ -1,0 +1,104 @@
+"""Loading tokenizers and models, with the settings every recipe needs and the checks that save a wasted run."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from transferkit.arguments import ModelArguments
+from transferkit.errors import TransferKitError
+from transferkit.labels import LabelSpec
+
+logger = logging.getLogger(__name__)
+DEFAULT_MAX_SEQ_LENGTH = 512
+
+
+def _hub_kwargs(model_args: ModelArguments) -> dict:
+    return {
+        "revision": model_args.model_revision,
+        "cache_dir": model_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+
+
+def _not_found(what: str, name: str, err: Exception) -> TransferKitError:
+    return TransferKitError(
+        f"Could not load the {what} '{name}': {err}. Check model_name_or_path (a local folder or a Hub id); "
+        "offline, the model must be in the Hugging Face cache (HF_HUB_OFFLINE=1)."
+    )
+
+
+def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(name, **_hub_kwargs(model_args))
+    except (OSError, ValueError) as err:
+        raise _not_found("tokenizer", name, err) from None
+
+
+def load_config(model_args: ModelArguments, **overrides) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **_hub_kwargs(model_args), **overrides)
+    except (OSError, ValueError) as err:
+        raise _not_found("model config", model_args.model_name_or_path, err) from None
+
+
+def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedConfig) -> PreTrainedModel:
+    """`auto_class.from_pretrained`, safetensors only unless pickled weights are explicitly allowed."""
+    try:
+        model = auto_class.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            use_safetensors=None if model_args.allow_pickle_weights else True,
+            **_hub_kwargs(model_args),
+        )
+    except (OSError, ValueError) as err:
+        hint = (
+            ""
+            if model_args.allow_pickle_weights
+            else (" Only safetensors weights are loaded by default; set allow_pickle_weights: true for a trusted .bin.")
+        )
+        raise TransferKitError(f"Could not load the model '{model_args.model_name_or_path}': {err}.{hint}") from None
+    # The loss-scaling trap (facts.md): BERT-family forwards take **kwargs, so Trainer would assume the model
+    # divides its loss by num_items_in_batch, and it does not: losses scale with accumulation steps and ranks.
+    model.accepts_loss_kwargs = False
+    return model
+
+
+def load_classifier(model_args: ModelArguments, spec: LabelSpec) -> PreTrainedModel:
+    config = load_config(
+        model_args,
+        num_labels=spec.num_labels,
+        id2label=spec.id2label,
+        label2id=spec.label2id,
+        problem_type=spec.problem_type,
+    )
+    return load_pretrained(AutoModelForSequenceClassification, model_args, config)
+
+
+def model_length_limit(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:
+    """The longest input the model takes: the tokenizer's limit and the position table, whichever is smaller."""
+    limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
+    sane = [value for value in limits if value and value < 1_000_000]  # a tokenizer without a limit says ~1e30
+    return min(sane) if sane else DEFAULT_MAX_SEQ_LENGTH
+
+
+def resolve_max_seq_length(requested: int | None, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:
+    """The truncation length: the request if the model can take it, else a clear error; default the model's limit."""
+    limit = model_length_limit(tokenizer, config)
+    if requested is None:
+        return min(limit, DEFAULT_MAX_SEQ_LENGTH)
+    if requested > limit:
+        raise TransferKitError(
+            f"max_seq_length {requested} is above what the model takes ({limit} tokens). "
+            f"Set max_seq_length to {limit} or less."
+        )
+    return requested

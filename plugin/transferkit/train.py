@@ -1,0 +1,143 @@
+"""Trainer glue: where the classification loss is computed, where a run resumes from, and how a run is saved.
+
+The recipes build a `Trainer` (or `ClassWeightedTrainer`) with the pieces from the other modules and call
+`train_and_save`; everything Trainer already does well (the loop, Accelerate, checkpoints, logging) stays its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
+
+from transferkit.arguments import RunArguments
+from transferkit.errors import TransferKitError
+
+logger = logging.getLogger(__name__)
+RESUME_AUTO = ("auto", "true", "True", "1", "yes", "last")
+
+
+class ClassWeightedTrainer(Trainer):
+    """Single-label classification with a per-class weight in the cross-entropy, for imbalanced data."""
+
+    def __init__(self, *args, class_weights: list[float], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs.logits
+        loss = F.cross_entropy(
+            logits.view(-1, logits.shape[-1]),
+            labels.view(-1),
+            weight=self.class_weights.to(logits.device, logits.dtype),
+        )
+        return (loss, outputs) if return_outputs else loss
+
+
+def resolve_checkpoint(training_args: TrainingArguments, run_args: RunArguments) -> str | None:
+    """The checkpoint to resume from, or None; refuses to overwrite an earlier run by accident.
+
+    `resume_from_checkpoint` takes a path, or `auto` (also `true`) for the last checkpoint in output_dir.
+    """
+    requested = training_args.resume_from_checkpoint
+    output_dir = training_args.output_dir
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if requested in RESUME_AUTO:
+        if last is None:
+            logger.info(
+                "resume_from_checkpoint=%s: no checkpoint in %s, starting from scratch.",
+                requested,
+                output_dir,
+            )
+        return last
+    if requested:
+        if not os.path.isdir(requested):
+            raise TransferKitError(f"resume_from_checkpoint: no checkpoint folder at {requested}.")
+        return requested
+    finished = os.path.isfile(os.path.join(output_dir, "all_results.json"))
+    if (last or finished) and not run_args.overwrite_output_dir:
+        what = f"a checkpoint ({os.path.basename(last)})" if last else "a finished run"
+        raise TransferKitError(
+            f"output_dir {output_dir} already holds {what}. Set resume_from_checkpoint: auto to continue it, "
+            "overwrite_output_dir: true to start afresh, or choose another output_dir."
+        )
+    if (last or finished) and run_args.overwrite_output_dir and training_args.process_index == 0:
+        shutil.rmtree(output_dir)
+    return None
+
+
+def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
+    """Train, save the final model and tokenizer, and record the train metrics."""
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    metrics["train_samples"] = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else None
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """One log format for TransferKit, transformers and datasets; replicas log warnings only."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+        force=True,
+    )
+    level = training_args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(min(level, logging.WARNING))
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def disable_eval_without_split(args: TrainingArguments, has_validation: bool) -> None:
+    """No validation split (validation_split_percentage 0, no file): train without evaluating, and say so."""
+    if not has_validation and args.eval_strategy != IntervalStrategy.NO:
+        logger.warning(
+            "No validation split: evaluation during training is off (eval_strategy was %s).",
+            args.eval_strategy.value,
+        )
+        args.eval_strategy = IntervalStrategy.NO
+
+
+def global_batch_size(args: TrainingArguments) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+
+
+def log_run_plan(splits: dict, args: TrainingArguments) -> None:
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items() if hasattr(split, "__len__"))
+    logger.info(
+        "Examples: %s. Global batch %d = %d per device x %d accumulation steps x %d processes.",
+        sizes,
+        global_batch_size(args),
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        max(1, args.world_size),
+    )
+
+
+def runtime_defaults() -> dict[str, object]:
+    """TrainingArguments defaults that depend on the machine, applied before the user's config.
+
+    Without a GPU, pinned memory only warns; and under a multi-process launch (WORLD_SIZE > 1) each process would
+    train on its own, unsynchronised, unless Accelerate is told to use the CPU (facts: MULTI_GPU + use_cpu).
+    """
+    import torch
+
+    defaults: dict[str, object] = {"dataloader_pin_memory": torch.cuda.is_available()}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        defaults["use_cpu"] = True
+    return defaults

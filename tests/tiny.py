@@ -1,0 +1,98 @@
+"""Tiny models and data built offline for the tests: a word-level BERT tokenizer, a 2-layer BERT, review CSVs.
+
+The data is a toy sentiment task (positive words -> 'pos', negative -> 'neg') so that a few steps of training
+move the metrics, which lets tests check learning and not only that files appear.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+
+from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "moving", "clever", "warm", "bright"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "flat", "tedious", "messy", "cold", "bland"]
+NEUTRAL = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "plot",
+    "cast",
+    "is",
+    "was",
+    "very",
+    "quite",
+    "and",
+    "but",
+    "story",
+    "acting",
+    "score",
+    "ending",
+    "really",
+    "so",
+    "this",
+    "it",
+    ".",
+    ",",
+    "!",
+    "1999",
+    "2024",
+]
+WORDS = POSITIVE + NEGATIVE + NEUTRAL + ["##s", "##ly"]
+
+
+def build_tokenizer() -> BertTokenizerFast:
+    vocab = {token: index for index, token in enumerate(SPECIAL + WORDS)}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
+
+
+def tiny_bert_config(vocab_size: int, **overrides) -> BertConfig:
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        pad_token_id=0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )  # no dropout: runs compare exactly
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+def save_tiny_bert(directory: str, seed: int = 0) -> str:
+    """A tiny BertForMaskedLM + tokenizer in `directory`; loads as MaskedLM or (new head) SequenceClassification."""
+    import torch
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model = BertForMaskedLM(tiny_bert_config(len(tokenizer)))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def review(rng: random.Random, positive: bool) -> str:
+    pool = POSITIVE if positive else NEGATIVE
+    words = [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 8))] + [rng.choice(pool) for _ in range(2)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_reviews_csv(path: str, rows: int, seed: int = 0, labels: tuple[str, str] = ("neg", "pos")) -> str:
+    rng = random.Random(seed)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for index in range(rows):
+            positive = index % 2 == 0
+            writer.writerow([review(rng, positive), labels[int(positive)]])
+    return path
