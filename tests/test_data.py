@@ -75,18 +75,19 @@ def test_unknown_format_lists_known_ones(tmp_path):
 
 def test_text_columns_default_and_missing(tmp_path):
     raw = load_raw_datasets(args(train_file=write_rows(tmp_path / "t.csv")), MODEL)
-    assert resolve_text_columns(raw["train"], None) == ["text"]
+    assert resolve_text_columns(raw["train"].column_names, None) == ["text"]
     with pytest.raises(
-        TransferKitError, match=r"column 'review' is not in the train split.*Columns there: text, label"
+        TransferKitError,
+        match=r"text_column_names: column 'review' is not in the train split.*Columns there: text, label",
     ):
-        resolve_text_columns(raw["train"], ["review"])
+        resolve_text_columns(raw["train"].column_names, ["review"])
 
 
 def test_no_text_column_found_lists_columns(tmp_path):
     path = write_rows(tmp_path / "t.csv", [{"body": "x", "label": 1}] * 3)
     raw = load_raw_datasets(args(train_file=path), MODEL)
     with pytest.raises(TransferKitError, match="No text column found.*body, label"):
-        resolve_text_columns(raw["train"], None)
+        resolve_text_columns(raw["train"].column_names, None)
 
 
 def test_drop_duplicates_keeps_first(tmp_path):

@@ -134,3 +134,49 @@ class RunArguments:
         **_help("Start afresh in an output_dir that already holds checkpoints or a finished run (they are replaced)."),
     )
     debug_errors: bool = field(default=False, **_help("Show full tracebacks for input errors (for bug reports)."))
+
+
+@dataclass
+class MLMArguments:
+    mlm_probability: float = field(default=0.15, **_help("Share of tokens masked in each training sequence."))
+    mask_replace_prob: float = field(default=0.8, **_help("Of the masked tokens, the share replaced by [MASK]."))
+    random_replace_prob: float = field(
+        default=0.1, **_help("Of the masked tokens, the share replaced by a random token (the rest stay as they are).")
+    )
+    whole_word_mask: bool = field(
+        default=False, **_help("Mask all the tokens of a word together (needs a fast tokenizer).")
+    )
+    line_by_line: bool = field(
+        default=False, **_help("One example per line / row, truncated, instead of packing texts into full chunks.")
+    )
+    sentence_chunks: bool = field(
+        default=False,
+        **_help(
+            "Pack whole sentences (NLTK Punkt) so that chunks end at sentence boundaries; needs transferkit[text]."
+        ),
+    )
+    streaming: bool = field(
+        default=False,
+        **_help("Stream the corpus instead of loading it (for corpora larger than memory; needs max_steps)."),
+    )
+    sparse_head: bool = field(
+        default=True,
+        **_help("Compute the MLM head only at masked positions (same loss, ~2x faster on small encoders)."),
+    )
+    head_warmup_steps: int = field(
+        default=0,
+        **_help("Train only the MLM head for this many steps first: for checkpoints without one (sentence encoders)."),
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mlm_probability < 1:
+            raise TransferKitError(f"mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}.")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TransferKitError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise TransferKitError("mask_replace_prob + random_replace_prob must not exceed 1.")
+        if self.line_by_line and self.sentence_chunks:
+            raise TransferKitError("line_by_line and sentence_chunks exclude each other: choose one.")
+        if self.head_warmup_steps < 0:
+            raise TransferKitError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}.")

@@ -107,11 +107,15 @@ def _load_local_split(spec: str, option: str, extensions: tuple[str, ...], cache
         raise TransferKitError(f"{option}: could not read {spec} as {extension.lstrip('.')}: {err}") from err
 
 
-def resolve_text_columns(dataset: Dataset, requested: list[str] | None, split: str = "train") -> list[str]:
-    """The text column(s) to use: the requested ones (checked), else the usual names."""
-    columns = list(dataset.column_names or [])
+def resolve_text_columns(columns: list[str], requested: list[str] | None, split: str = "train") -> list[str]:
+    """The text column(s) to use among `columns`: the requested ones (checked), else the usual names."""
     if requested:
-        check_columns(dataset, requested, split, "text_column_names")
+        missing = [column for column in requested if column not in columns]
+        if missing:
+            raise TransferKitError(
+                f"text_column_names: column '{missing[0]}' is not in the {split} split. "
+                f"Columns there: {', '.join(columns)}."
+            )
         return list(requested)
     for candidate in DEFAULT_TEXT_COLUMNS:
         if all(column in columns for column in candidate):
@@ -208,7 +212,7 @@ def load_classification_splits(
     raw = load_raw_datasets(data_args, model_args)
     if "train" not in raw:
         raise TransferKitError(f"The dataset has no train split (splits: {', '.join(raw)}). Give train_file.")
-    text_columns = resolve_text_columns(raw["train"], data_args.text_column_names)
+    text_columns = resolve_text_columns(raw["train"].column_names, data_args.text_column_names)
     for name, split in raw.items():
         check_columns(split, text_columns, name, "text_column_names")
     raw = drop_empty_texts(raw, text_columns)
@@ -222,3 +226,31 @@ def load_classification_splits(
     if "validation" in splits and "label" not in splits["validation"].column_names:
         raise TransferKitError(f"The validation split has no '{data_args.label_column_name}' column to score against.")
     return splits, text_columns, spec
+
+
+def load_corpus_splits(
+    data_args: DataArguments, model_args: ModelArguments, streaming: bool, seed: int
+) -> tuple[DatasetDict | IterableDatasetDict, list[str]]:
+    """Unlabelled text for MLM: train and validation splits (carved, or streamed off the head of train)."""
+    raw = load_raw_datasets(data_args, model_args, extensions=tuple(FORMATS), streaming=streaming)
+    if "train" not in raw:
+        raise TransferKitError(f"The dataset has no train split (splits: {', '.join(raw)}). Give train_file.")
+    train = raw["train"]
+    columns = train.column_names or list(next(iter(train), {}))  # a streamed csv knows its columns at row 1
+    if not columns:
+        raise TransferKitError("The training corpus is empty. Check train_file / dataset_name.")
+    text_columns = resolve_text_columns(columns, data_args.text_column_names)
+    splits = {name: split for name, split in raw.items() if name in ("train", "validation")}
+    if streaming:
+        if "validation" not in splits:
+            held_out = data_args.max_eval_samples or 1000
+            splits = {"train": train.skip(held_out), "validation": train.take(held_out)}
+        return IterableDatasetDict(splits), text_columns
+    splits = DatasetDict(splits)
+    splits = drop_empty_texts(splits, text_columns)
+    check_not_empty(splits)
+    if data_args.drop_duplicates:
+        splits["train"] = drop_duplicate_texts(splits["train"], text_columns)
+    splits = limit_samples(carve_splits(splits, data_args, seed, stratify_column=None), data_args)
+    check_not_empty(splits)
+    return splits, text_columns

@@ -6,12 +6,14 @@ import logging
 
 from transformers import (
     AutoConfig,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from transferkit.arguments import ModelArguments
 from transferkit.errors import TransferKitError
@@ -52,24 +54,51 @@ def load_config(model_args: ModelArguments, **overrides) -> PretrainedConfig:
 
 
 def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedConfig) -> PreTrainedModel:
-    """`auto_class.from_pretrained`, safetensors only unless pickled weights are explicitly allowed."""
+    """`auto_class.from_pretrained`, safetensors only unless pickled weights are explicitly allowed.
+
+    The weights the checkpoint lacked (a new head) are kept in `model.transferkit_missing_keys`.
+    """
     try:
-        model = auto_class.from_pretrained(
+        model, info = auto_class.from_pretrained(
             model_args.model_name_or_path,
             config=config,
             use_safetensors=None if model_args.allow_pickle_weights else True,
+            output_loading_info=True,
             **_hub_kwargs(model_args),
         )
     except (OSError, ValueError) as err:
         hint = (
             ""
             if model_args.allow_pickle_weights
-            else (" Only safetensors weights are loaded by default; set allow_pickle_weights: true for a trusted .bin.")
+            else " Only safetensors weights are loaded by default; set allow_pickle_weights: true for a trusted .bin."
         )
         raise TransferKitError(f"Could not load the model '{model_args.model_name_or_path}': {err}.{hint}") from None
+    model.transferkit_missing_keys = list(info.get("missing_keys", []))
+    # Saved with the config, so the next stage's model card can tell base -> adapted -> finetuned.
+    lineage = list(getattr(model.config, "transferkit_lineage", None) or [])
+    model.config.transferkit_lineage = lineage + [model_args.model_name_or_path]
     # The loss-scaling trap (facts.md): BERT-family forwards take **kwargs, so Trainer would assume the model
     # divides its loss by num_items_in_batch, and it does not: losses scale with accumulation steps and ranks.
     model.accepts_loss_kwargs = False
+    return model
+
+
+def load_masked_lm(model_args: ModelArguments) -> PreTrainedModel:
+    """An AutoModelForMaskedLM; a decoder-only model gets an error that says MLM needs an encoder."""
+    config = load_config(model_args)
+    if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise TransferKitError(
+            f"'{model_args.model_name_or_path}' is a {config.model_type} model, which has no masked-LM head: "
+            "MLM pretraining needs an encoder (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ModernBERT, ...)."
+        )
+    model = load_pretrained(AutoModelForMaskedLM, model_args, config)
+    if model.transferkit_missing_keys:
+        logger.warning(
+            "The checkpoint has no trained MLM head (%d weights newly initialised, e.g. %s): a sentence-embedding "
+            "model? Early losses will be high; set head_warmup_steps to train the head alone first.",
+            len(model.transferkit_missing_keys),
+            model.transferkit_missing_keys[0],
+        )
     return model
 
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from transferkit.labels import MULTI, REGRESSION, LabelSpec  # noqa: E402
+from transferkit.labels import MULTI, REGRESSION, SINGLE, LabelSpec  # noqa: E402
 from transferkit.metrics import predictions_from_logits, probabilities_from_logits  # noqa: E402
 
 
@@ -101,6 +101,27 @@ def plot_training_curves(path: str, log_history: list[dict]) -> bool:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def predict_and_report(trainer, test_split: Dataset, text_columns: list[str], spec: LabelSpec) -> dict[str, float]:
+    """Predict the test split; write predictions.csv and, for single-label data, the confusion matrix."""
+    output = trainer.predict(test_split, metric_key_prefix="test")
+    labelled = "label" in test_split.column_names
+    metrics = output.metrics if labelled else {}
+    if metrics:
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+    if trainer.is_world_process_zero():
+        output_dir = trainer.args.output_dir
+        write_predictions(
+            output_path(output_dir, "predictions.csv"), test_split, text_columns, output.predictions, spec
+        )
+        if spec.problem_type == SINGLE and labelled:
+            predicted = predictions_from_logits(output.predictions, spec.problem_type)
+            plot_confusion_matrix(
+                output_path(output_dir, "confusion_matrix.png"), output.label_ids, predicted, spec.names
+            )
+    return metrics
 
 
 def output_path(output_dir: str, name: str) -> str:

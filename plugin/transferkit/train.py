@@ -7,12 +7,13 @@ The recipes build a `Trainer` (or `ClassWeightedTrainer`) with the pieces from t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
 from transferkit.arguments import RunArguments
@@ -78,7 +79,8 @@ def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     metrics = dict(result.metrics)
-    metrics["train_samples"] = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else None
+    if hasattr(trainer.train_dataset, "__len__"):  # a streamed dataset has no length
+        metrics["train_samples"] = len(trainer.train_dataset)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -141,3 +143,62 @@ def runtime_defaults() -> dict[str, object]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         defaults["use_cpu"] = True
     return defaults
+
+
+class MLMTrainer(Trainer):
+    """Trainer that reports perplexity (exp of the eval loss) with every evaluation, so curves and cards have it."""
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for prefix in ("eval_", "test_"):
+            if f"{prefix}loss" in logs:
+                logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 50.0))
+        super().log(logs, *args, **kwargs)
+
+
+class HeadWarmupCallback(TrainerCallback):
+    """For the first `steps` optimizer steps, update only the MLM head; the encoder's gradients are dropped.
+
+    Gradients are discarded just before the optimizer step (not frozen), so DDP still sees every parameter take
+    part in backward, and AdamW skips parameters whose grad is None (no weight decay drift either). The encoder is
+    every parameter under the model's `base_model_prefix` (e.g. `bert.`), which includes tied input embeddings.
+    """
+
+    def __init__(self, steps: int, encoder_prefix: str) -> None:
+        self.steps = steps
+        self.encoder_marker = f"{encoder_prefix}."
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= self.steps or model is None:
+            return
+        for name, parameter in model.named_parameters():
+            if self.encoder_marker in f".{name}" or name.startswith(self.encoder_marker):
+                parameter.grad = None
+
+
+def early_stopping_callbacks(args: TrainingArguments, cls_args, problem_type: str) -> list[TrainerCallback]:
+    """Early stopping needs the best model kept and a metric to compare; fill in what the user left unset."""
+    from transformers import EarlyStoppingCallback
+
+    from transferkit.metrics import BEST_MODEL_METRIC
+
+    if cls_args.early_stopping_patience is None:
+        return []
+    if args.eval_strategy == IntervalStrategy.NO:
+        raise TransferKitError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps.")
+    if args.save_strategy != args.eval_strategy:
+        raise TransferKitError(
+            f"early_stopping_patience keeps the best checkpoint, so save_strategy ({args.save_strategy}) must "
+            f"equal eval_strategy ({args.eval_strategy})."
+        )
+    args.load_best_model_at_end = True
+    if args.metric_for_best_model is None:
+        args.metric_for_best_model, args.greater_is_better = BEST_MODEL_METRIC[problem_type]
+    return [EarlyStoppingCallback(cls_args.early_stopping_patience, cls_args.early_stopping_threshold)]
+
+
+def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
+    """Final evaluation of the (best) model on the validation split, logged and written to eval_results.json."""
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics

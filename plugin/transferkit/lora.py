@@ -1,0 +1,303 @@
+"""LoRA through PEFT, with the classification head always trained and always saved.
+
+peft leaves it to the caller to name the modules that must be trained in full. Miss one and the run still "works":
+a frozen, randomly initialised classifier (or BERT pooler) caps accuracy, or the reloaded adapter lacks the head.
+Here the head is found per architecture, put in `modules_to_save`, and checked to be trainable after wrapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.utils import ModulesToSaveWrapper
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
+from transformers import BitsAndBytesConfig, PreTrainedModel, Trainer
+from transformers.pytorch_utils import Conv1D
+
+from transferkit.errors import TransferKitError
+
+logger = logging.getLogger(__name__)
+ALL_LINEAR = "all-linear"
+TASKS = ("classification", "mlm")
+LABELS_FILE = "label_config.json"  # an adapter folder has no config.json, so a classifier's labels live here
+LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type")
+
+
+def _help(text: str) -> dict:
+    return {"metadata": {"help": text}}
+
+
+@dataclass
+class LoraArguments:
+    use_peft: bool = field(default=False, **_help("Train LoRA adapters (PEFT) instead of all the weights."))
+    lora_r: int = field(default=16, **_help("LoRA rank."))
+    lora_alpha: int = field(default=32, **_help("LoRA scaling numerator: updates are scaled by alpha / r."))
+    lora_dropout: float = field(default=0.05, **_help("Dropout on the LoRA input, in [0, 1)."))
+    lora_target_modules: list[str] | None = field(
+        default=None, **_help("Modules to adapt, or 'all-linear'. Default: peft's for the model, else all-linear.")
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, **_help("Modules trained in full and saved with the adapter (the head is added by itself).")
+    )
+    use_rslora: bool = field(default=False, **_help("Rank-stabilised LoRA: scale by alpha / sqrt(r)."))
+    use_dora: bool = field(default=False, **_help("Weight-decomposed LoRA (DoRA)."))
+    merge_adapter: bool = field(default=False, **_help("Also save a merged full model in output_dir/merged."))
+    lora_train_embeddings_and_head: bool = field(
+        default=False, **_help("Also train the word embeddings and (MLM) the MLM head in full; ties stay tied.")
+    )
+    load_in_4bit: bool = field(default=False, **_help("QLoRA: load the base model in 4 bits (CUDA + bitsandbytes)."))
+
+    def __post_init__(self) -> None:
+        for name in ("lora_r", "lora_alpha"):
+            if getattr(self, name) <= 0:
+                raise TransferKitError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise TransferKitError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.lora_target_modules and ALL_LINEAR in self.lora_target_modules and len(self.lora_target_modules) > 1:
+            raise TransferKitError("lora_target_modules takes 'all-linear' alone or a list of module names.")
+        if self.merge_adapter and self.load_in_4bit:  # merging into 4-bit weights would round the update away
+            raise TransferKitError("merge_adapter cannot merge into a 4-bit model: set one of them to false.")
+        changed = [f.name for f in fields(self)[1:] if getattr(self, f.name) != f.default]  # all defaults are plain
+        if changed and not self.use_peft:
+            raise TransferKitError(f"{', '.join(changed)} only apply to LoRA: set use_peft: true, or remove them.")
+        # QLoRA's 4-bit layers are bitsandbytes' CUDA kernels: fail before loading anything where they cannot run.
+        if self.load_in_4bit and (not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None):
+            raise TransferKitError(
+                "load_in_4bit (QLoRA) needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes). "
+                "Without them, train plain LoRA: set load_in_4bit: false."
+            )
+
+
+def quantization_kwargs(args: LoraArguments) -> dict:
+    """`from_pretrained` kwargs for QLoRA ({} without it). Heads stay unquantized: a 4-bit head cannot be trained."""
+    if not args.load_in_4bit:
+        return {}
+    skip = ["classifier", "pre_classifier", "score", r"(.*\.)?pooler", "head", "cls", "lm_head"]  # prefix/suffix/regex
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=skip)
+    return {"quantization_config": config}
+
+
+def _has_weights(module: object) -> bool:
+    return isinstance(module, torch.nn.Module) and next(module.parameters(), None) is not None
+
+
+def _head_children(model: PreTrainedModel) -> list[str]:
+    """Top-level modules with weights outside the pretrained body: the task head, whatever it is called."""
+    return [name for name, child in model.named_children() if name != model.base_model_prefix and _has_weights(child)]
+
+
+def find_classification_head(model: PreTrainedModel) -> list[str]:
+    """Names of the modules that make up the classification head: trained in full and saved with the adapter.
+
+    Generic rule: every top-level module with weights outside the body (`classifier`, `score`, DistilBERT's
+    `pre_classifier`, DeBERTa-v2's `pooler`, ModernBERT's `head`). Known extra: a pooler inside the body (BERT,
+    ALBERT). transformers builds one in a classification model only where the head reads it (RoBERTa's is dropped),
+    and MLM checkpoints (our own MLM stage's output too) have no pooler weights: frozen, it would stay random.
+    """
+    names = _head_children(model)
+    if _has_weights(getattr(model.base_model, "pooler", None)):
+        names.append(f"{model.base_model_prefix}.pooler")
+    if not names or model.base_model is model:  # a bare encoder (AutoModel) has no head
+        raise TransferKitError(
+            f"Found no classification head in {type(model).__name__} (top-level modules: "
+            f"{[name for name, _ in model.named_children()]}). Name its modules in lora_modules_to_save."
+        )
+    return names
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """The distinct short names of the linear layers: what lora_target_modules can name."""
+    linear = (torch.nn.Linear, Conv1D)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, linear)})
+
+
+def _check_names_exist(model: PreTrainedModel, names: list[str], option: str) -> None:
+    """peft matches names against the end of module paths, and ignores a name that matches nothing: say so here."""
+    keys = [key for key, _ in model.named_modules()]
+    missing = [n for n in names if n != ALL_LINEAR and not any(k == n or k.endswith(f".{n}") for k in keys)]
+    if missing:
+        raise _unknown_modules(model, f"{option} {missing} match no module of {type(model).__name__}.")
+
+
+def _unknown_modules(model: torch.nn.Module, problem: str) -> TransferKitError:
+    return TransferKitError(f"{problem} Its linear layers are named {linear_module_names(model)}; use those names.")
+
+
+def _module_name(model: torch.nn.Module, module: torch.nn.Module | None) -> str | None:
+    return next((name for name, candidate in model.named_modules() if candidate is module), None)
+
+
+def build_lora_config(model: PreTrainedModel, args: LoraArguments, task: str) -> LoraConfig:
+    """The LoraConfig for `task`. MLM gets no TaskType (FEATURE_EXTRACTION reloads on AutoModel, without the MLM
+    head); peft then records the model class in adapter_config.json, and `AutoPeftModel` reloads a masked LM."""
+    if task not in TASKS:
+        raise TransferKitError(f"task must be one of {TASKS}, got {task!r}.")
+    targets = args.lora_target_modules or PEFT_DEFAULT_TARGETS.get(model.config.model_type) or [ALL_LINEAR]
+    _check_names_exist(model, targets, "lora_target_modules")
+    to_save = find_classification_head(model) if task == "classification" else []
+    if args.lora_train_embeddings_and_head:
+        to_save.append(_module_name(model, model.get_input_embeddings()))
+        to_save += _head_children(model) if task == "mlm" else []
+    if args.lora_modules_to_save:
+        _check_names_exist(model, args.lora_modules_to_save, "lora_modules_to_save")
+        to_save += args.lora_modules_to_save
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS if task == "classification" else None,
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else list(targets),
+        modules_to_save=list(dict.fromkeys(to_save)),
+        use_rslora=args.use_rslora,
+        use_dora=args.use_dora,
+        fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),  # GPT-2's layers are Conv1D
+    )
+
+
+def apply_lora(model: PreTrainedModel, args: LoraArguments, task: str) -> PeftModel:
+    """Wrap `model` with LoRA for `task` ("classification" or "mlm"), its head trained in full; logs the counts."""
+    config = build_lora_config(model, args, task)
+    to_save = list(config.modules_to_save)  # peft's SEQ_CLS appends its guesses ('classifier', 'score') in place
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = outputs is not None and getattr(outputs, "weight", None) is inputs.weight
+    input_name, output_name = _module_name(model, inputs), _module_name(model, outputs)
+    if getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as err:
+        if "target" not in str(err).lower():
+            raise
+        raise _unknown_modules(model, f"LoRA cannot adapt lora_target_modules: {err}") from None
+    if tied and input_name in to_save and any(output_name == n or output_name.startswith(f"{n}.") for n in to_save):
+        # modules_to_save copies the embeddings and the MLM decoder separately, untying them: tie the copies, so they
+        # train as one matrix as in full MLM training (the adapter file holds it under both names; both reload).
+        root, adapter = peft_model.get_base_model(), peft_model.active_adapter
+        _trained_module(root, output_name, adapter).weight = _trained_module(root, input_name, adapter).weight
+    check_trainable(peft_model, to_save)
+    logger.info("LoRA %s + full %s: %s", config.target_modules, to_save, parameter_counts(peft_model))
+    return peft_model
+
+
+def _trained_module(root: torch.nn.Module, dotted: str, adapter: str) -> torch.nn.Module:
+    """The module at `dotted` as the forward pass sees it: inside a modules_to_save wrapper, the trainable copy."""
+    module = root
+    for part in dotted.split("."):
+        module = getattr(module, part)
+        module = module.modules_to_save[adapter] if isinstance(module, ModulesToSaveWrapper) else module
+    return module
+
+
+def check_trainable(peft_model: PeftModel, names: list[str]) -> None:
+    """Modules to train in full must be wrapped (else not saved) and train every weight (else the head stays put)."""
+    adapter, root = peft_model.active_adapter, peft_model.get_base_model()
+    wrappers = {key: module for key, module in root.named_modules() if isinstance(module, ModulesToSaveWrapper)}
+    for name in names:
+        copies = {key: w.modules_to_save[adapter] for key, w in wrappers.items() if key.endswith(name)}  # peft's rule
+        frozen = [f"{key}.{n}" for key, c in copies.items() for n, p in c.named_parameters() if not p.requires_grad]
+        if not copies or frozen:
+            raise TransferKitError(
+                f"'{name}' would not be trained in full under LoRA ({frozen[:3] or 'peft did not wrap it'}). "
+                "Check lora_modules_to_save and lora_target_modules: a module cannot be in both."
+            )
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
+    """Trainable and total parameters (shared weights counted once), for the logs and all_results.json."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total}
+
+
+def _normalise(name: str) -> str:
+    path = os.path.expanduser(name)
+    return os.path.realpath(path) if os.path.exists(path) else name.strip().rstrip("/").lower()
+
+
+def check_adapter_base(adapter_path: str, model_name_or_path: str) -> None:
+    """An adapter only fits the weights it was trained on: refuse to put it on another base model."""
+    config_file = os.path.join(adapter_path, "adapter_config.json")
+    if not os.path.isfile(config_file):
+        raise TransferKitError(f"{adapter_path} is not a LoRA adapter folder: it has no adapter_config.json.")
+    base = json.loads(Path(config_file).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        logger.warning("%s names no base model: cannot check it against %s.", config_file, model_name_or_path)
+    elif _normalise(base) != _normalise(model_name_or_path):  # local folders by real path, Hub ids by name
+        raise TransferKitError(
+            f"The adapter in {adapter_path} was trained on '{base}', but model_name_or_path is "
+            f"'{model_name_or_path}'. Set model_name_or_path to '{base}', or train a new adapter."
+        )
+
+
+def save_lora_outputs(
+    trainer_or_model: Trainer | PeftModel, output_dir: str, merge: bool, tokenizer=None
+) -> dict[str, float]:
+    """Save the adapter (the head inside it, through modules_to_save) and the labels in output_dir; with `merge`,
+    also a full model in output_dir/merged, merged on a copy so that the trained adapter model stays usable.
+
+    Returns the parameter counts, which the recipes report in all_results.json."""
+    trainer = trainer_or_model if isinstance(trainer_or_model, Trainer) else None
+    model = trainer.accelerator.unwrap_model(trainer.model) if trainer else trainer_or_model
+    if merge and getattr(model.get_base_model(), "hf_quantizer", None) is not None:
+        raise TransferKitError(
+            "merge_adapter cannot merge into a quantized model (QLoRA). Set merge_adapter: false; transferkit.lora."
+            f"merge_saved_adapter('{output_dir}', ...) merges the adapter into the full-precision base."
+        )
+    if trainer:
+        trainer.save_model(output_dir)  # gathers sharded weights; writes on the main process only
+        if not trainer.is_world_process_zero():
+            return parameter_counts(model)
+    else:
+        model.save_pretrained(output_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    if model.peft_config[model.active_adapter].task_type == TaskType.SEQ_CLS:
+        with open(os.path.join(output_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
+            json.dump({key: getattr(model.config, key) for key in LABEL_FIELDS}, handle, indent=2)
+    if merge:
+        merged_dir = os.path.join(output_dir, "merged")
+        if trainer and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):  # weights may be shards here
+            merge_saved_adapter(output_dir, merged_dir)
+        else:
+            copy.deepcopy(model).merge_and_unload().save_pretrained(merged_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(merged_dir)
+        logger.info("Merged model saved in %s.", merged_dir)
+    return parameter_counts(model)
+
+
+def label_kwargs(adapter_dir: str) -> dict:
+    """`from_pretrained` kwargs that give a reloaded classifier its labels ({} when none were saved)."""
+    path = os.path.join(adapter_dir, LABELS_FILE)
+    labels = json.loads(Path(path).read_text(encoding="utf-8")) if os.path.isfile(path) else {}
+    if labels.get("id2label"):
+        labels["id2label"] = {int(index): label for index, label in labels["id2label"].items()}  # JSON keys are str
+    return labels
+
+
+def load_lora_model(adapter_dir: str, **kwargs) -> PeftModel:
+    """Reload a saved adapter on its base model; a classifier with its labels (plain AutoPeftModel loses them)."""
+    from peft import AutoPeftModel, AutoPeftModelForSequenceClassification, PeftConfig
+
+    if PeftConfig.from_pretrained(adapter_dir).task_type == TaskType.SEQ_CLS:
+        return AutoPeftModelForSequenceClassification.from_pretrained(
+            adapter_dir, **label_kwargs(adapter_dir), **kwargs
+        )
+    return AutoPeftModel.from_pretrained(adapter_dir, **kwargs)
+
+
+def merge_saved_adapter(adapter_dir: str, output_dir: str) -> PreTrainedModel:
+    """Merge a saved adapter into a freshly loaded full-precision base model (after FSDP, DeepSpeed or QLoRA)."""
+    merged = load_lora_model(adapter_dir).merge_and_unload()
+    merged.save_pretrained(output_dir)
+    return merged

@@ -1,0 +1,126 @@
+"""Continue masked-language-model pretraining of an encoder on your own unlabelled text (DAPT / TAPT).
+
+Supports:
+- any AutoModelForMaskedLM checkpoint (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ModernBERT families), from the Hub
+  or a local folder; a checkpoint without an MLM head (a sentence encoder) gets a warning and `head_warmup_steps`;
+- text from the Hub or local txt / csv / tsv / json / jsonl / parquet files, folders or globs; `streaming: true`
+  for corpora larger than memory (needs `max_steps`);
+- packed chunks of `max_seq_length` tokens with document separators (default), `line_by_line`, or chunks that end
+  at sentence boundaries (`sentence_chunks`, NLTK Punkt);
+- masking with `mlm_probability` and the 80/10/10 replacement ratios, optional whole-word masking; evaluation masks
+  fixed (seeded, 15%) so perplexity compares between runs and models;
+- the MLM head computed only at masked positions (`sparse_head`, on by default; same loss, about 2x faster);
+- outputs: model + tokenizer, all_results.json (eval loss, perplexity, masked-token accuracy), training curves.
+
+Fails before training on: an empty corpus, no text column, streaming without max_steps, max_seq_length above the
+model's limit, mlm_probability outside (0, 1), whole-word masking with a slow tokenizer, a decoder-only model.
+
+Launch:
+    python recipes/mlm.py --model_name_or_path bert-base-uncased --train_file corpus/ --output_dir outputs/dapt
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/mlm.py --config my_mlm.yaml
+    accelerate launch -m transferkit.recipes.mlm --config my_mlm.yaml      # from an installed wheel
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import TrainingArguments, set_seed
+
+from transferkit.arguments import DataArguments, MLMArguments, ModelArguments, RunArguments
+from transferkit.config import parse_config
+from transferkit.data import load_corpus_splits
+from transferkit.distributed import check_requested_backend
+from transferkit.errors import TransferKitError, exit_on_user_error
+from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
+from transferkit.mlm_data import MLMCollator, tokenize_for_mlm
+from transferkit.models import load_masked_lm, load_tokenizer, resolve_max_seq_length
+from transferkit.publish import finish_run, prepare_push
+from transferkit.reports import output_path, plot_training_curves
+from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
+from transferkit.train import (
+    HeadWarmupCallback,
+    MLMTrainer,
+    disable_eval_without_split,
+    evaluate_and_save,
+    log_run_plan,
+    resolve_checkpoint,
+    runtime_defaults,
+    setup_logging,
+    train_and_save,
+)
+
+logger = logging.getLogger("transferkit.recipes.mlm")
+
+# Columns are chosen by the recipe (input ids, masks, offsets for whole-word masking), so Trainer must not drop
+# the ones the model's forward does not name.
+DEFAULTS = {
+    "output_dir": "outputs/mlm",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 25,
+    "ddp_find_unused_parameters": False,
+    "remove_unused_columns": False,
+}
+ARGUMENT_TYPES = (ModelArguments, DataArguments, MLMArguments, LoraArguments, RunArguments, TrainingArguments)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, mlm_args, lora_args, run_args, training_args = parse_config(
+        ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
+    )
+    setup_logging(training_args)
+    check_requested_backend(training_args, recipe="mlm")
+    if mlm_args.streaming and training_args.max_steps <= 0:
+        raise TransferKitError("streaming: true reads the corpus once, with no length known: set max_steps.")
+    checkpoint = resolve_checkpoint(training_args, run_args)
+    repo_id = prepare_push(training_args)
+
+    splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
+    tokenizer = load_tokenizer(model_args)
+    set_seed(training_args.seed)
+    model = load_masked_lm(model_args)
+    max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
+    tokenized = tokenize_for_mlm(splits, tokenizer, text_columns, max_seq_length, data_args, mlm_args, training_args)
+    if mlm_args.sparse_head:
+        enable_sparse_mlm_head(model)
+    if lora_args.use_peft:
+        model = apply_lora(model, lora_args, "mlm")
+    disable_eval_without_split(training_args, "validation" in tokenized)
+    log_run_plan(tokenized, training_args)
+
+    callbacks = [HeadWarmupCallback(mlm_args.head_warmup_steps, model.base_model_prefix)]
+    trainer = MLMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("validation"),
+        processing_class=tokenizer,
+        data_collator=MLMCollator(tokenizer, mlm_args),
+        compute_metrics=masked_token_accuracy,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        callbacks=callbacks if mlm_args.head_warmup_steps else [],
+    )
+    check_requested_backend(trainer, recipe="mlm")
+    metrics = train_and_save(trainer, checkpoint)
+    if lora_args.use_peft:
+        metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
+    if "validation" in tokenized:
+        metrics.update(evaluate_and_save(trainer))
+    if trainer.is_world_process_zero():
+        plot_training_curves(output_path(training_args.output_dir, "training_curves.png"), trainer.state.log_history)
+    finish_run(
+        trainer,
+        repo_id=repo_id,
+        task="fill-mask",
+        model_args=model_args,
+        data_args=data_args,
+        metrics=metrics,
+        library_name="peft" if lora_args.use_peft else "transformers",
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,305 @@
+"""The shipped configs and the `transferkit` launcher: ls / cp / validate / run, and the FSDP-on-CPU guard."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+from transferkit import launch
+from transferkit.cli import main
+from transferkit.distributed import check_requested_backend
+from transferkit.errors import TransferKitError
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ("cpu_ddp", "single_gpu", "multi_gpu", "fsdp", "zero2", "zero3", "multi_node")
+ACCELERATE_YAMLS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
+RECIPE_YAMLS = sorted((REPO / "recipes" / "configs").glob("*/*.yaml"))
+
+
+def test_discovery_finds_the_repository_folders():
+    assert launch.accelerate_configs_dir() == REPO / "accelerate_configs"
+    assert launch.recipes_dir() == REPO / "recipes"
+    names = {entry.name for entry in launch.list_accelerate_configs()}
+    assert set(SHIPPED) | {"slurm_multi_node.sh"} <= names
+
+
+@pytest.mark.parametrize("path", ACCELERATE_YAMLS, ids=lambda p: p.stem)
+def test_shipped_accelerate_config_loads_validates_and_documents_its_launch(path):
+    load_config_from_file(str(path))  # accelerate's own loader
+    kind, _ = launch.validate_file(str(path))
+    assert kind == "accelerate config"
+    header = "\n".join(launch.header_comment(path))
+    assert "accelerate launch --config_file accelerate_configs/" + path.name in header
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_fsdp_config_is_fsdp2_with_layer_wrap_and_full_state_dict():
+    config = load_config_from_file(str(REPO / "accelerate_configs" / "fsdp.yaml"))
+    fsdp = config.fsdp_config
+    assert config.distributed_type.value == "FSDP" and config.mixed_precision == "bf16"
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    zero3 = load_config_from_file(str(REPO / "accelerate_configs" / "zero3.yaml")).deepspeed_config
+    assert zero3["zero_stage"] == 3 and zero3["zero3_save_16bit_model"] is True
+
+
+@pytest.mark.parametrize("path", RECIPE_YAMLS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_shipped_recipe_config_validates(path):
+    kind, notes = launch.validate_file(str(path))
+    assert kind.startswith("recipe config for ")
+    assert all("pass --" in note or "checked as if" in note for note in notes), notes
+
+
+def test_ls_lists_recipes_and_both_kinds_of_config(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "classify  Finetune a pretrained encoder" in out
+    assert "quickstart/classify  Quickstart:" in out
+    for name in SHIPPED:
+        assert f"\n  {name} " in out
+    assert re.search(r"\n  cpu_ddp +2-process data-parallel training", out)
+    assert re.search(r"\n  slurm_multi_node.sh +SLURM batch script", out)
+
+
+def test_cp_copies_and_refuses_to_overwrite(tmp_path, capsys):
+    assert main(["cp", "quickstart/classify", str(tmp_path)]) == 0
+    assert (tmp_path / "classify.yaml").read_text() == (REPO / "recipes/configs/quickstart/classify.yaml").read_text()
+    assert main(["cp", "cpu_ddp", str(tmp_path / "mine.yaml")]) == 0
+    assert (tmp_path / "mine.yaml").read_text() == (REPO / "accelerate_configs/cpu_ddp.yaml").read_text()
+    with pytest.raises(TransferKitError, match="already exists: pass --force"):
+        main(["cp", "cpu_ddp", str(tmp_path / "mine.yaml")])
+    assert main(["cp", "fsdp", str(tmp_path / "mine.yaml"), "--force"]) == 0
+    assert "FSDP2" in (tmp_path / "mine.yaml").read_text()
+    with pytest.raises(TransferKitError, match="Did you mean 'classify'"):
+        main(["cp", "clasify", str(tmp_path)])
+
+
+def test_copied_recipe_runs_standalone(tmp_path):
+    assert main(["cp", "classify", str(tmp_path / "my_classify.py")]) == 0
+    result = subprocess.run(
+        [sys.executable, "my_classify.py", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--model_name_or_path" in result.stdout and "--config" in result.stdout
+
+
+def test_run_dry_print_builds_the_accelerate_command(capsys):
+    argv = ["run", "classify", "--accelerate_config", "cpu_ddp", "--config", "quickstart/classify"]
+    argv += ["--num_processes", "2", "--main_process_port", "0", "--dry_print"]
+    argv += ["--learning_rate", "1e-4", "--text_column_names", "a", "b"]
+    assert main(argv) == 0
+    assert shlex.split(capsys.readouterr().out) == [
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        "-m",
+        "transferkit.recipes.classify",
+        "--config",
+        str(REPO / "recipes" / "configs" / "quickstart" / "classify.yaml"),
+        "--learning_rate",
+        "1e-4",
+        "--text_column_names",
+        "a",
+        "b",
+    ]
+
+
+def test_run_a_copied_script_and_a_config_path(tmp_path, capsys):
+    script = tmp_path / "mine.py"
+    script.write_text("def main():\n    pass\n")
+    zero2 = str(REPO / "accelerate_configs" / "zero2.yaml")
+    assert main(["run", str(script), "--accelerate_config", zero2, "--dry_print"]) == 0
+    assert shlex.split(capsys.readouterr().out)[-1] == str(script)
+    with pytest.raises(TransferKitError, match="No recipe named 'clasify'. Did you mean 'classify'"):
+        main(["run", "clasify", "--dry_print"])
+    with pytest.raises(TransferKitError, match="No accelerate config named 'fsdp2'"):
+        main(["run", "classify", "--accelerate_config", "fsdp2", "--dry_print"])
+
+
+def test_run_refuses_a_gpu_config_without_gpus(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "gpu_available", lambda: False)
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("must not launch"))
+    for name in ("fsdp", "multi_gpu", "single_gpu", "zero3"):
+        with pytest.raises(TransferKitError, match="is a GPU config .* this machine has no GPU"):
+            main(["run", "classify", "--accelerate_config", name, "--config", "quickstart/classify"])
+    assert main(["run", "classify", "--accelerate_config", "fsdp", "--dry_print"]) == 0  # prints, and warns
+    assert "warning:" in capsys.readouterr().err
+    launched = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: launched.append(argv))
+    main(["run", "classify", "--accelerate_config", "cpu_ddp", "--train_file", "x.csv"])
+    assert launched[0][:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert launched[0][-4:] == ["-m", "transferkit.recipes.classify", "--train_file", "x.csv"]
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_validate_catches_an_unknown_key_with_the_suggestion(tmp_path, capsys):
+    path = write(tmp_path / "classify_typo.yaml", "model_name_or_path: m\ntrain_file: t.csv\nlearning_rat: 0.1\n")
+    assert main(["validate", path]) == 1
+    assert "unknown key 'learning_rat'. Did you mean 'learning_rate'?" in capsys.readouterr().err
+
+
+def test_validate_recipe_config_runs_the_dataclass_checks(tmp_path, capsys):
+    header = "# My run.\n# recipe: classify\n"
+    path = write(tmp_path / "anything.yaml", header + "model_name_or_path: m\ntrain_file: t.csv\n")
+    assert main(["validate", path]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: {path} (recipe config for classify)")
+    bad = write(tmp_path / "classify_bad.yaml", "model_name_or_path: m\ntrain_file: t.csv\nproblem_type: ranking\n")
+    assert main(["validate", bad]) == 1
+    assert "problem_type must be one of" in capsys.readouterr().err
+    split = write(
+        tmp_path / "classify_split.yaml", "model_name_or_path: m\ntrain_file: t\nvalidation_split_percentage: 100\n"
+    )
+    assert main(["validate", split]) == 1
+    assert main(["validate", split, "--validation_split_percentage", "20"]) == 0  # overrides as on the command line
+    wrong_type = write(
+        tmp_path / "classify_type.yaml", "model_name_or_path: m\ntrain_file: t\nnum_train_epochs: many\n"
+    )
+    assert main(["validate", wrong_type]) == 1
+    assert "'num_train_epochs' expects a number" in capsys.readouterr().err
+    unknown = write(tmp_path / "notes.yaml", "learning_rate: 0.1\n")
+    assert main(["validate", unknown]) == 1
+    assert "Cannot tell which recipe" in capsys.readouterr().err
+    assert main(["validate", unknown, "--recipe", "classify"]) == 0
+    assert "pass --model_name_or_path at launch" in capsys.readouterr().out
+
+
+ACCELERATE_BASE = "compute_environment: LOCAL_MACHINE\nmachine_rank: 0\nnum_machines: 1\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("distributed_type: NO\nnum_processes: 1\n", 'distributed_type: "NO" with quotes'),
+        ('distributed_type: "NO"\nnum_processes: 4\n', "runs one process, but num_processes is 4"),
+        ("distributed_type: MULTI_GPU\nnum_processes: 1\n", "MULTI_GPU with num_processes 1"),
+        ("distributed_type: MULTI_GPU\nnum_processes: 2\nnum_gpus: 2\n", "accelerate cannot load it: .*num_gpus"),
+        ("distributed_type: WARP_DRIVE\nnum_processes: 2\n", "accelerate cannot load it"),
+        ("distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_version: 2\n  "
+         "fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n", "needs fsdp_transformer_layer_cls_to_wrap"),
+        ("distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_version: 2\n  "
+         "fsdp_forward_prefetch: true\n", "forward_prefetch is not implemented in FSDP2"),
+        ("distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  zero_stage: 5\n", "zero_stage 0-3"),
+        ("distributed_type: MULTI_GPU\nnum_processes: 3\nnum_machines: 2\n", "multiple of num_machines"),
+    ],
+)  # fmt: skip
+def test_validate_rejects_bad_accelerate_configs(tmp_path, capsys, body, error):
+    lines = ACCELERATE_BASE if "num_machines" not in body else ACCELERATE_BASE.replace("num_machines: 1\n", "")
+    path = write(tmp_path / "accelerate.yaml", lines + body)
+    assert main(["validate", path]) == 1
+    assert re.search(error, capsys.readouterr().err)
+
+
+def test_validate_notes_a_misspelt_fsdp_layer_class(tmp_path, capsys):
+    text = (REPO / "accelerate_configs" / "fsdp.yaml").read_text().replace("BertLayer", "RobertaLayr")
+    assert main(["validate", write(tmp_path / "fsdp.yaml", text)]) == 0
+    assert "did you mean RobertaLayer?" in capsys.readouterr().out
+
+
+def test_slurm_script_gives_each_node_its_rank(tmp_path):
+    """srun, scontrol and accelerate stubbed: the per-node command lines the script builds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {
+        "scontrol": 'printf "gpu-node-07\\ngpu-node-08\\n"',
+        "srun": 'for node in 0 1; do SLURM_NODEID=$node "${@:3}"; done',  # drop --kill-on-bad-exit, --ntasks
+        "accelerate": 'echo "$@"',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="8")
+    env["SLURM_JOB_NODELIST"] = "gpu-node-[07-08]"
+    script = REPO / "accelerate_configs" / "slurm_multi_node.sh"
+    result = subprocess.run(
+        ["bash", str(script), "classify", "--config", "my config.yaml"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    launches = [line for line in result.stdout.splitlines() if line.startswith("launch")]
+    assert len(launches) == 2
+    for rank, line in enumerate(launches):
+        assert f"--num_machines 2 --num_processes 16 --machine_rank {rank} --main_process_ip gpu-node-07" in line
+        assert line.endswith("-m transferkit.recipes.classify --config my config.yaml")
+
+
+@pytest.fixture
+def fresh_accelerate_state(monkeypatch):
+    """Trainer builds an Accelerator: start and end with a clean singleton state and environment."""
+    from accelerate.state import AcceleratorState
+
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.setenv(name, "unset")  # recorded, so whatever TrainingArguments exports is undone afterwards
+        monkeypatch.delenv(name)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield monkeypatch
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def tiny_trainer(tmp_path, **training):
+    from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+
+    from tests.tiny import tiny_bert_config
+
+    args = TrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", **training)
+    return Trainer(model=BertForSequenceClassification(tiny_bert_config(40)), args=args)
+
+
+def test_fsdp_from_an_accelerate_config_on_cpu_is_silently_off_and_caught(tmp_path, fresh_accelerate_state):
+    fresh_accelerate_state.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml exports
+    fresh_accelerate_state.setenv("FSDP_VERSION", "2")
+    trainer = tiny_trainer(tmp_path)
+    assert not trainer.is_fsdp_enabled  # accelerate dropped it without a word
+    with pytest.raises(
+        TransferKitError, match=r"FSDP was requested .* silently train without it \(accelerate distributed_type NO\)"
+    ):
+        check_requested_backend(trainer, recipe="classify")
+
+
+def test_fsdp_in_training_arguments_on_cpu_is_caught_before_the_trainer(tmp_path, fresh_accelerate_state):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", fsdp=True)
+    with pytest.raises(TransferKitError, match="transferkit run classify --accelerate_config fsdp"):
+        check_requested_backend(args, recipe="classify")
+    # What Trainer itself does in one process (under a 2-process CPU launch it trains with MULTI_CPU instead):
+    with pytest.raises(ValueError, match="fsdp only works in distributed training"):
+        tiny_trainer(tmp_path, fsdp=True)
+
+
+def test_no_request_no_error(tmp_path, fresh_accelerate_state):
+    trainer = tiny_trainer(tmp_path)
+    check_requested_backend(trainer)
+    check_requested_backend(trainer.args)
+
+
+@pytest.mark.slow
+def test_run_launches_two_processes_through_accelerate(tiny_bert, reviews_csv, tmp_path):
+    """`transferkit run` end to end: exec into accelerate launch, cpu_ddp (2 processes), the recipe run with -m."""
+    out = tmp_path / "run"
+    command = ["run", "classify", "--accelerate_config", "cpu_ddp", "--main_process_port", "0"]
+    command += ["--model_name_or_path", tiny_bert, "--train_file", reviews_csv, "--output_dir", str(out)]
+    command += ["--max_steps", "2", "--validation_split_percentage", "0", "--disable_tqdm", "true"]
+    result = subprocess.run(
+        [sys.executable, "-m", "transferkit.cli", *command], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stderr + result.stdout
+    assert (out / "model.safetensors").is_file()

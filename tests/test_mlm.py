@@ -1,0 +1,174 @@
+"""The MLM recipe and its data path: chunking, masking statistics, fixed evaluation masks, streaming, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import AutoModelForMaskedLM, TrainingArguments
+
+from recipes.mlm import main
+from tests.tiny import NEGATIVE, POSITIVE, build_tokenizer
+from transferkit.arguments import DataArguments, MLMArguments
+from transferkit.errors import TransferKitError
+from transferkit.mlm_data import EVAL_MASK_PROBABILITY, MLMCollator, mask_for_evaluation, tokenize_for_mlm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    """Templated lines: most tokens are predictable from context, so a few epochs visibly lower the loss."""
+    rng = random.Random(0)
+    templates = ("the film was {} and {} .", "this movie is so {} , really {} !")
+    lines = [" ".join(rng.choice(templates).format(*rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)) for _ in range(2))
+             for i in range(120)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def run_args(model: str, corpus: str, output_dir, *extra: str) -> list[str]:
+    return ["--model_name_or_path", model, "--train_file", corpus, "--output_dir", str(output_dir),
+            "--max_seq_length", "32", "--per_device_train_batch_size", "8", "--learning_rate", "5e-3",
+            "--disable_tqdm", "true", "--seed", "0", *extra]
+
+
+def tokenize(texts: list[str], mlm_args: MLMArguments, size: int = 16) -> Dataset:
+    splits = DatasetDict({"train": Dataset.from_dict({"text": texts})})
+    data_args = DataArguments(train_file="unused")
+    return tokenize_for_mlm(splits, build_tokenizer(), ["text"], size, data_args, mlm_args,
+                            TrainingArguments(output_dir="unused", report_to="none"))["train"]
+
+
+def test_run_writes_model_metrics_and_learns(tiny_bert, corpus, tmp_path):
+    out = tmp_path / "mlm"
+    metrics = main(run_args(tiny_bert, corpus, out, "--num_train_epochs", "4", "--logging_steps", "5"))
+    assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item(), rel=1e-4)
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    results = json.loads((out / "all_results.json").read_text())
+    assert {"eval_loss", "eval_perplexity", "eval_accuracy", "train_loss"} <= set(results)
+    assert (out / "training_curves.png").is_file()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    assert eval_losses[-1] < eval_losses[0] - 0.05  # it learns the toy corpus' word statistics (fixed eval masks)
+    model = AutoModelForMaskedLM.from_pretrained(out)  # the saved checkpoint is a standard MaskedLM
+    assert model.config.model_type == "bert"
+
+
+def test_packed_chunks_are_full_and_keep_document_separators():
+    tokenizer = build_tokenizer()
+    chunks = tokenize(["good film . " * 6, "bad plot ! " * 6], MLMArguments(), size=16)
+    assert all(len(ids) == 16 for ids in chunks["input_ids"])
+    flat = [token for ids in chunks["input_ids"] for token in ids]
+    assert flat.count(tokenizer.sep_token_id) >= 1 and flat.count(tokenizer.cls_token_id) >= 2
+
+
+def test_line_by_line_and_sentence_chunks():
+    lines = tokenize(["good film\nbad plot\n\nfun cast"], MLMArguments(line_by_line=True))
+    assert len(lines) == 3
+    pytest.importorskip("punkt", reason="needs the text extra: pip install 'transferkit[text]'")
+    tokenizer = build_tokenizer()
+    chunks = tokenize(["The film is good. The plot is dull. The cast is fun and warm. It was bland."],
+                      MLMArguments(sentence_chunks=True), size=12)
+    for ids in chunks["input_ids"]:
+        words = tokenizer.convert_ids_to_tokens(ids)
+        assert words[-2] == "." and words[-1] == "[SEP]"  # every chunk ends at a sentence boundary
+
+
+def test_training_masks_follow_the_ratios():
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    collator = MLMCollator(tokenizer, MLMArguments(mlm_probability=0.15))
+    chunks = tokenize(["the film was good and the plot was fun . " * 400], MLMArguments(), size=64)
+    original = torch.tensor(chunks["input_ids"])
+    batch = collator([{k: chunks[i][k] for k in chunks.column_names} for i in range(len(chunks))])
+    masked = batch["labels"] != -100
+    specials = (original == tokenizer.cls_token_id) | (original == tokenizer.sep_token_id)
+    assert not masked[specials].any()
+    assert masked.sum() / (~specials).sum() == pytest.approx(0.15, abs=0.02)
+    replaced = batch["input_ids"][masked]
+    assert (replaced == tokenizer.mask_token_id).float().mean() == pytest.approx(0.8, abs=0.04)
+    assert (replaced == original[masked]).float().mean() == pytest.approx(0.1 + 0.1 / len(tokenizer), abs=0.04)
+
+
+def test_whole_word_masking_masks_words_together():
+    tokens = build_tokenizer()
+    collator = MLMCollator(tokens, MLMArguments(whole_word_mask=True, mlm_probability=0.3))
+    chunks = tokenize(["goods goodly films " * 100], MLMArguments(whole_word_mask=True), size=32)
+    assert "offset_mapping" in chunks.column_names
+    batch = collator([{k: chunks[i][k] for k in chunks.column_names} for i in range(len(chunks))])
+    pieces = [tokens.convert_ids_to_tokens(ids) for ids in chunks["input_ids"]]
+    masked = batch["labels"] != -100
+    for row, words in enumerate(pieces):
+        for position, piece in enumerate(words):
+            if position > 0 and piece.startswith("##"):  # masked exactly when its word's first piece is
+                assert masked[row, position] == masked[row, position - 1]
+    assert masked.any()
+
+
+def test_evaluation_masks_are_fixed_and_at_15_percent():
+    tokenizer = build_tokenizer()
+    chunks = tokenize(["the film was good and the plot was fun . " * 200], MLMArguments(), size=64)
+    first, second = mask_for_evaluation(chunks, tokenizer), mask_for_evaluation(chunks, tokenizer)
+    assert first["labels"] == second["labels"] and first["input_ids"] == second["input_ids"]
+    labels = torch.tensor(first["labels"])
+    share = (labels != -100).sum() / (torch.tensor(chunks["special_tokens_mask"]) == 0).sum()
+    assert share == pytest.approx(EVAL_MASK_PROBABILITY, abs=0.02)
+
+
+def test_streaming_needs_max_steps_and_runs_with_it(tiny_bert, corpus, tmp_path):
+    with pytest.raises(TransferKitError, match="set max_steps"):
+        main(run_args(tiny_bert, corpus, tmp_path / "s", "--streaming", "true"))
+    metrics = main(run_args(tiny_bert, corpus, tmp_path / "s", "--streaming", "true", "--max_steps", "4",
+                            "--max_eval_samples", "20", "--eval_strategy", "no"))
+    assert metrics["eval_loss"] > 0
+    assert (tmp_path / "s" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mlm_probability", "1.5"], "mlm_probability must be between 0 and 1"),
+        (["--max_seq_length", "512"], "max_seq_length 512 is above what the model takes (64 tokens)"),
+        (["--text_column_names", "body"], "text_column_names: column 'body' is not in the train split"),
+    ],
+)
+def test_bad_input(tiny_bert, corpus, tmp_path, extra, message):
+    with pytest.raises(TransferKitError) as info:
+        main(run_args(tiny_bert, corpus, tmp_path / "bad", *extra))
+    assert message in str(info.value)
+
+
+def test_empty_corpus(tiny_bert, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(TransferKitError, match="empty"):
+        main(run_args(tiny_bert, str(empty), tmp_path / "bad"))
+
+
+def test_decoder_model_is_refused(tmp_path, corpus):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=60)).save_pretrained(tmp_path / "gpt2")
+    build_tokenizer().save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(TransferKitError, match="gpt2 model, which has no masked-LM head"):
+        main(run_args(str(tmp_path / "gpt2"), corpus, tmp_path / "bad"))
+
+
+@pytest.mark.slow
+def test_two_process_run(tiny_bert, corpus, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"), "--main_process_port", "0",
+               os.path.join(REPO, "recipes", "mlm.py"),
+               *run_args(tiny_bert, corpus, tmp_path / "two", "--max_steps", "4", "--per_device_train_batch_size", "4")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Global batch 8 = 4 per device x 1 accumulation steps x 2 processes" in result.stderr
+    assert "eval_perplexity" in json.loads((tmp_path / "two" / "all_results.json").read_text())
