@@ -95,14 +95,19 @@ def prepare_offline() -> tuple[str, bool]:
     return prepare_reviews(os.path.join(transferkit_home(), "quickstart", "rotten_tomatoes.csv")), offline
 
 
-def quickstart_config() -> str:
+def quickstart_config(recipe: str = "classify") -> str:
     import transferkit.recipes
 
-    return os.path.join(os.path.dirname(transferkit.recipes.__file__), "configs", "quickstart", "classify.yaml")
+    return os.path.join(os.path.dirname(transferkit.recipes.__file__), "configs", "quickstart", f"{recipe}.yaml")
 
 
 def run_quickstart(extra_args: list[str]) -> int:
-    """Finetune MiniLM on the reviews with the quickstart config and print the test metrics."""
+    """Finetune MiniLM on the reviews with the quickstart config and print the test metrics.
+
+    `transferkit quickstart pipeline` runs the adapt-then-finetune pipeline (TAPT on the review texts) instead.
+    """
+    if extra_args[:1] == ["pipeline"]:
+        return run_quickstart_pipeline(extra_args[1:])
     reviews, offline = prepare_offline()
     output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", "quickstart")
     command = [
@@ -125,6 +130,17 @@ def run_quickstart(extra_args: list[str]) -> int:
     if status == 0:
         _print_summary(output_dir)
     return status
+
+
+def run_quickstart_pipeline(extra_args: list[str]) -> int:
+    """TAPT on the review texts, finetune the adapted model and the base model, and print the comparison."""
+    reviews, offline = prepare_offline()
+    output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", "quickstart_pipeline")
+    command = [sys.executable, "-m", "transferkit.recipes.pipeline", "--config", quickstart_config("pipeline"),
+               "--classify.train_file", reviews, "--output_dir", output_dir, *extra_args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1") if offline else dict(os.environ)
+    print("Running:", " ".join(command), flush=True)
+    return subprocess.call(command, env=env)
 
 
 def _flag_value(args: list[str], flag: str) -> str | None:

@@ -1,0 +1,179 @@
+"""Adapt, then finetune: MLM continued pretraining (stage 1), classification from the adapted model (stage 2), and
+optionally the same classification from the base model, with a report of what the adaptation bought.
+
+Config: one YAML with the pipeline's keys and one section per stage, each holding that recipe's own keys:
+
+    base_model: sentence-transformers/all-MiniLM-L6-v2
+    output_dir: outputs/pipeline
+    compare_with_base: true       # also finetune the base model, same seed and hyperparameters
+    shared: {seed: 42}            # keys given to every stage
+    adapt: {max_steps: 300}       # recipes/mlm.py keys; no train_file / dataset_name = TAPT on the task's texts
+    classify: {train_file: reviews.csv, num_train_epochs: 3}   # recipes/classify.py keys
+
+TAPT (no corpus in `adapt`) pretrains on the texts of the classification *train* split only, as carved with the
+same seed, so no validation or test text is seen in stage 1. DAPT: give `adapt` its own train_file or dataset.
+Each stage writes its resolved config as <output_dir>/<stage>.yaml; a finished stage (all_results.json present) is
+not run again when the pipeline is restarted. The comparison lands in comparison.md and comparison.json.
+
+Launch:
+    python recipes/pipeline.py --config recipes/configs/quickstart/pipeline.yaml --classify.train_file reviews.csv
+    transferkit quickstart pipeline       # the same on the quickstart data (offline)
+Overrides: --<stage>.<key> VALUE (e.g. --adapt.max_steps 50), or --<key> VALUE for pipeline keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import yaml
+
+from transferkit.arguments import DataArguments, ModelArguments
+from transferkit.config import parse_config
+from transferkit.data import load_classification_splits
+from transferkit.errors import TransferKitError, exit_on_user_error
+from transferkit.recipes import classify, mlm
+
+logger = logging.getLogger("transferkit.recipes.pipeline")
+PIPELINE_KEYS = {"base_model", "output_dir", "compare_with_base", "shared", "adapt", "classify"}
+STAGES = ("adapt", "finetune", "baseline")
+REPORTED = ("test_accuracy", "test_f1_macro", "test_matthews_correlation", "eval_accuracy", "eval_perplexity")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = load_pipeline_config(list(sys.argv[1:] if argv is None else argv))
+    output_dir = config["output_dir"]
+    os.makedirs(output_dir, exist_ok=True)
+    stages = plan_stages(config)
+    for name, stage in stages.items():  # every stage's config is checked before anything trains
+        parse_config(stage["recipe"].ARGUMENT_TYPES, ["--config", write_stage_config(output_dir, name, stage)])
+
+    results = {}
+    for name, stage in stages.items():
+        if stage["keys"].get("train_file") == tapt_corpus_path(output_dir):
+            write_tapt_corpus(stages["finetune"]["keys"], output_dir)
+        results[name] = run_stage(output_dir, name, stage)
+    report = compare(results)
+    write_report(output_dir, report)
+    return report
+
+
+def load_pipeline_config(argv: list[str]) -> dict:
+    if "--config" not in argv:
+        raise TransferKitError("The pipeline needs --config FILE.yaml (see recipes/configs/quickstart/pipeline.yaml).")
+    index = argv.index("--config")
+    with open(argv[index + 1], encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    rest = argv[:index] + argv[index + 2 :]
+    for flag, value in zip(rest[::2], rest[1::2]):
+        section, _, key = flag.removeprefix("--").rpartition(".")
+        target = config.setdefault(section, {}) if section else config
+        target[key] = yaml.safe_load(value)  # "3" -> 3, "true" -> True, as in the YAML file
+    unknown = set(config) - PIPELINE_KEYS
+    if unknown:
+        raise TransferKitError(f"Unknown pipeline key '{sorted(unknown)[0]}'. Pipeline keys: {sorted(PIPELINE_KEYS)}.")
+    for required in ("base_model", "classify"):
+        if required not in config:
+            raise TransferKitError(f"The pipeline config needs '{required}'.")
+    config.setdefault("output_dir", "outputs/pipeline")
+    return config
+
+
+def plan_stages(config: dict) -> dict[str, dict]:
+    """The stages to run, each a recipe with its keys; the model paths chain base -> adapted -> finetuned."""
+    out, base, shared = config["output_dir"], config["base_model"], config.get("shared") or {}
+    adapted = os.path.join(out, "adapt")
+    stages = {
+        "adapt": {"recipe": mlm, "keys": {**shared, **(config.get("adapt") or {}), "model_name_or_path": base}},
+        "finetune": {"recipe": classify, "keys": {**shared, **config["classify"], "model_name_or_path": adapted}},
+    }
+    if config.get("compare_with_base", True):
+        stages["baseline"] = {"recipe": classify, "keys": {**shared, **config["classify"], "model_name_or_path": base}}
+    if "train_file" not in stages["adapt"]["keys"] and "dataset_name" not in stages["adapt"]["keys"]:
+        stages["adapt"]["keys"]["train_file"] = tapt_corpus_path(out)  # TAPT: written before stage 1 runs
+    for name, stage in stages.items():
+        stage["keys"]["output_dir"] = os.path.join(out, name)
+        stage["keys"].setdefault("resume_from_checkpoint", "auto")  # a killed stage continues where it stopped
+    return stages
+
+
+def tapt_corpus_path(output_dir: str) -> str:
+    return os.path.join(output_dir, "tapt_corpus.jsonl")
+
+
+def write_stage_config(output_dir: str, name: str, stage: dict) -> str:
+    path = os.path.join(output_dir, f"{name}.yaml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(stage["keys"], handle, sort_keys=False)
+    return path
+
+
+def write_tapt_corpus(classify_keys: dict, output_dir: str) -> str:
+    """The classification train split's texts (carved exactly as stage 2 will carve it), one JSON row each."""
+    path = tapt_corpus_path(output_dir)
+    if os.path.isfile(path):
+        return path
+    data_keys = {key: value for key, value in classify_keys.items() if key in DataArguments.__dataclass_fields__}
+    splits, text_columns, _ = load_classification_splits(
+        DataArguments(**data_keys),
+        ModelArguments(model_name_or_path="unused"),
+        classify_keys.get("problem_type"),
+        classify_keys.get("seed", 42),
+    )
+    with open(path + ".partial", "w", encoding="utf-8") as handle:
+        for row in splits["train"].select_columns(text_columns):
+            handle.write(json.dumps({"text": " ".join(str(row[column]) for column in text_columns)}) + "\n")
+    os.replace(path + ".partial", path)
+    logger.info("TAPT corpus: %d training texts written to %s", len(splits["train"]), path)
+    return path
+
+
+def run_stage(output_dir: str, name: str, stage: dict) -> dict:
+    results_path = os.path.join(stage["keys"]["output_dir"], "all_results.json")
+    if os.path.isfile(results_path):
+        logger.info("Stage %s already finished (%s): not run again.", name, results_path)
+        with open(results_path) as handle:
+            return {**json.load(handle), "stage_seconds": None}
+    started = time.perf_counter()
+    metrics = stage["recipe"].main(["--config", write_stage_config(output_dir, name, stage)])
+    return {**metrics, "stage_seconds": round(time.perf_counter() - started, 1)}
+
+
+def compare(results: dict[str, dict]) -> dict:
+    report = {
+        name: {
+            key: results[name].get(key)
+            for key in (*REPORTED, "train_runtime", "stage_seconds")
+            if results[name].get(key) is not None
+        }
+        for name in results
+    }
+    if "baseline" in results:
+        report["gain"] = {
+            key: results["finetune"][key] - results["baseline"][key]
+            for key in REPORTED
+            if key in results["finetune"] and key in results["baseline"]
+        }
+    return report
+
+
+def write_report(output_dir: str, report: dict) -> None:
+    with open(os.path.join(output_dir, "comparison.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+    keys = sorted({key for stage in report.values() for key in stage})
+    lines = ["| | " + " | ".join(report) + " |", "|---" * (len(report) + 1) + "|"]
+    lines += [f"| {key} | " + " | ".join(_cell(report[name].get(key)) for name in report) + " |" for key in keys]
+    with open(os.path.join(output_dir, "comparison.md"), "w") as handle:
+        handle.write("# Adapted vs base model\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,72 @@
+"""The adapt-then-finetune pipeline on tiny data: stages chain, TAPT sees only train texts, reruns skip work."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+from transformers import AutoConfig
+
+from transferkit.errors import TransferKitError
+from transferkit.recipes.pipeline import main
+
+STAGE_KEYS = {
+    "max_steps": 4,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 3e-3,
+    "disable_tqdm": True,
+    "save_strategy": "no",
+    "eval_strategy": "no",
+}
+
+
+def write_config(tmp_path, tiny_bert: str, reviews_csv: str, **extra) -> str:
+    config = {
+        "base_model": tiny_bert,
+        "output_dir": str(tmp_path / "pipe"),
+        "shared": {"seed": 3, "max_seq_length": 32},
+        "adapt": dict(STAGE_KEYS),
+        "classify": {**STAGE_KEYS, "train_file": reviews_csv, "test_split_percentage": 20},
+        **extra,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_pipeline_chains_stages_and_compares(tiny_bert, reviews_csv, tmp_path):
+    report = main(["--config", write_config(tmp_path, tiny_bert, reviews_csv)])
+    out = tmp_path / "pipe"
+    assert {"adapt", "finetune", "baseline", "gain"} <= set(report)
+    assert "test_accuracy" in report["finetune"] and "test_accuracy" in report["baseline"]
+    assert report["gain"]["test_accuracy"] == pytest.approx(
+        report["finetune"]["test_accuracy"] - report["baseline"]["test_accuracy"]
+    )
+    assert "eval_perplexity" in report["adapt"]
+    assert json.loads((out / "comparison.json").read_text()) == report
+    assert "| test_accuracy |" in (out / "comparison.md").read_text()
+    # the finetuned model's lineage runs base -> adapted
+    lineage = AutoConfig.from_pretrained(out / "finetune").transferkit_lineage
+    assert lineage == [tiny_bert, str(out / "adapt")]
+    assert "adapt" in (out / "finetune" / "README.md").read_text()
+
+    # TAPT pretrains on training texts only: no test text is in the corpus
+    corpus = {json.loads(line)["text"] for line in (out / "tapt_corpus.jsonl").read_text().splitlines()}
+    with open(out / "finetune" / "predictions.csv", newline="") as handle:
+        test_texts = {row["text"] for row in csv.DictReader(handle)}
+    assert corpus and test_texts and not corpus & test_texts
+
+    again = main(["--config", write_config(tmp_path, tiny_bert, reviews_csv)])  # finished stages are not rerun
+    assert again["finetune"]["test_accuracy"] == report["finetune"]["test_accuracy"]
+    assert "stage_seconds" not in again["finetune"]
+
+
+def test_overrides_and_bad_stage_key_fail_before_training(tiny_bert, reviews_csv, tmp_path):
+    config = write_config(tmp_path, tiny_bert, reviews_csv)
+    with pytest.raises(TransferKitError, match="unknown key 'lerning_rate'.*'learning_rate'"):
+        main(["--config", config, "--classify.lerning_rate", "0.1"])
+    assert not (tmp_path / "pipe" / "adapt" / "model.safetensors").exists()
+    with pytest.raises(TransferKitError, match="Unknown pipeline key 'stages'"):
+        main(["--config", config, "--stages", "2"])
