@@ -39,6 +39,7 @@ from transferkit.models import load_classifier, load_tokenizer, resolve_max_seq_
 from transferkit.preprocess import tokenize_for_classification
 from transferkit.publish import finish_run, prepare_push
 from transferkit.reports import output_path, plot_training_curves, predict_and_report
+from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.train import (
     ClassWeightedTrainer,
     disable_eval_without_split,
@@ -67,6 +68,7 @@ DEFAULTS = {
 ARGUMENT_TYPES = (
     ModelArguments,
     DataArguments,
+    TextCleaningArguments,
     ClassificationArguments,
     LoraArguments,
     RunArguments,
@@ -75,7 +77,7 @@ ARGUMENT_TYPES = (
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, cls_args, lora_args, run_args, training_args = parse_config(
+    model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
     setup_logging(training_args)
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits, text_columns, spec = load_classification_splits(
         data_args, model_args, cls_args.problem_type, training_args.seed
     )
+    splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the new head's initial weights come from this seed
     model = load_classifier(model_args, spec)

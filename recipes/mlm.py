@@ -38,6 +38,7 @@ from transferkit.models import load_masked_lm, load_tokenizer, resolve_max_seq_l
 from transferkit.publish import finish_run, prepare_push
 from transferkit.reports import output_path, plot_training_curves
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
+from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.train import (
     HeadWarmupCallback,
     MLMTrainer,
@@ -63,11 +64,19 @@ DEFAULTS = {
     "ddp_find_unused_parameters": False,
     "remove_unused_columns": False,
 }
-ARGUMENT_TYPES = (ModelArguments, DataArguments, MLMArguments, LoraArguments, RunArguments, TrainingArguments)
+ARGUMENT_TYPES = (
+    ModelArguments,
+    DataArguments,
+    TextCleaningArguments,
+    MLMArguments,
+    LoraArguments,
+    RunArguments,
+    TrainingArguments,
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, mlm_args, lora_args, run_args, training_args = parse_config(
+    model_args, data_args, text_args, mlm_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
     setup_logging(training_args)
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     repo_id = prepare_push(training_args)
 
     splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
+    splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)
     model = load_masked_lm(model_args)

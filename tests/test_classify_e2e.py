@@ -282,3 +282,17 @@ def test_cli_prints_one_line_error(tiny_bert, reviews_csv, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: text_column_names: column 'body'")
     assert "Traceback" not in result.stderr
+
+
+def test_text_cleaning_stage_runs_inside_the_recipe(tiny_bert, tmp_path):
+    pytest.importorskip("punkt", reason="needs the text extra: pip install 'transferkit[text]'")
+    path = tmp_path / "shouty.csv"
+    path.write_text("text,label\n" + "".join(f"THE FILM WAS GREAT {i}!,pos\nTHE PLOT IS DULL {i}.,neg\n"
+                                               for i in range(10)))
+    out = tmp_path / "clean"
+    main(base_args(tiny_bert, str(path), out, "--max_steps", "2", "--clean_text", "true", "--lowercase", "true",
+                   "--remove_numbers", "true", "--test_split_percentage", "20"))
+    with open(out / "predictions.csv", newline="") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    assert texts and all(text == text.lower() and not any(ch.isdigit() for ch in text) for text in texts)
+    assert any(text.endswith((" !", " .")) for text in texts)  # NLTK word tokens re-joined with spaces
