@@ -35,7 +35,7 @@ from transferkit.errors import exit_on_user_error
 from transferkit.labels import class_weights
 from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
 from transferkit.metrics import build_compute_metrics, load_metric
-from transferkit.models import load_classifier, load_tokenizer, resolve_max_seq_length
+from transferkit.models import ensure_pad_token, load_classifier, load_tokenizer, resolve_max_seq_length
 from transferkit.preprocess import tokenize_for_classification
 from transferkit.publish import finish_run, prepare_push
 from transferkit.reports import output_path, plot_training_curves, predict_and_report
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the new head's initial weights come from this seed
     model = load_classifier(model_args, spec)
+    ensure_pad_token(tokenizer, model)
     if lora_args.use_peft:
         model = apply_lora(model, lora_args, "classification")
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)

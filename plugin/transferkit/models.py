@@ -102,6 +102,27 @@ def load_masked_lm(model_args: ModelArguments) -> PreTrainedModel:
     return model
 
 
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """Decoders (GPT-2, Llama, ...) ship without a pad token, yet batches need one, and their classifiers pool the
+    last token that is not padding: so pad with EOS and tell the model which id pads.
+
+    Padding goes on the right: GPT-2's learned positions and Llama's rotary ones are counted from the first token,
+    pads included, so left padding would shift every position of the shorter texts and change their logits.
+    """
+    if tokenizer.padding_side != "right":
+        logger.info("Padding on the right for classification (the tokenizer padded on the %s).", tokenizer.padding_side)
+        tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise TransferKitError(
+                "The tokenizer has neither a pad nor an end-of-sequence token; add a pad token to it first."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("The tokenizer has no pad token: padding with its EOS token '%s'.", tokenizer.eos_token)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def load_classifier(model_args: ModelArguments, spec: LabelSpec) -> PreTrainedModel:
     config = load_config(
         model_args,
