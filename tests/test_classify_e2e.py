@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from recipes.classify import main
-from tests.tiny import write_reviews_csv
+from tests.tiny import launch_two_processes, write_reviews_csv
 from transferkit.errors import TransferKitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,16 +144,7 @@ def test_multi_label_and_regression(tiny_bert, tmp_path):
 
 def test_class_weights_change_the_loss(tiny_bert, tmp_path):
     data = write_reviews_csv(str(tmp_path / "r.csv"), rows=40)
-    common = (
-        "--max_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--learning_rate",
-        "0",
-        "--validation_split_percentage",
-        "0",
-    )
+    common = "--max_steps 2 --logging_steps 1 --learning_rate 0 --validation_split_percentage 0".split()
     main(base_args(tiny_bert, data, tmp_path / "plain", *common))
     main(base_args(tiny_bert, data, tmp_path / "weighted", *common, "--class_weights", "1", "5"))
     plain, weighted = logged_losses(tmp_path / "plain"), logged_losses(tmp_path / "weighted")
@@ -163,19 +154,9 @@ def test_class_weights_change_the_loss(tiny_bert, tmp_path):
 def test_gradient_accumulation_keeps_the_loss_scale(tiny_bert, reviews_csv, tmp_path):
     """The loss-scaling trap: batch 8 and batch 4 x 2 accumulation steps must log the same losses."""
     common = (
-        "--max_steps",
-        "3",
-        "--logging_steps",
-        "1",
-        "--train_sampling_strategy",
-        "random",
-        "--validation_split_percentage",
-        "0",
-        "--save_strategy",
-        "no",
-        "--eval_strategy",
-        "no",
-    )
+        "--max_steps 3 --logging_steps 1 --train_sampling_strategy random --validation_split_percentage 0 "
+        "--save_strategy no --eval_strategy no"
+    ).split()
     main(base_args(tiny_bert, reviews_csv, tmp_path / "b8", *common))
     main(
         base_args(
@@ -194,40 +175,25 @@ def test_gradient_accumulation_keeps_the_loss_scale(tiny_bert, reviews_csv, tmp_
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tiny_bert, reviews_csv, tmp_path):
-    """Real 2-process DDP (gloo) through the shipped CPU config: same losses as 1 process, one set of outputs."""
+    """Real 2-process DDP (gloo) through the shipped CPU config: same losses as 1 process, one set of outputs,
+    and test metrics over exactly the test rows (15: the last batch is padded across ranks, then trimmed)."""
     common = (
-        "--max_steps",
-        "3",
-        "--logging_steps",
-        "1",
-        "--train_sampling_strategy",
-        "random",
-        "--validation_split_percentage",
-        "10",
-        "--save_strategy",
-        "no",
-        "--eval_strategy",
-        "no",
-    )
+        "--max_steps 3 --logging_steps 1 --train_sampling_strategy random --save_strategy no --eval_strategy no "
+        "--test_split_percentage 10 --max_test_samples 15"
+    ).split()
     main(base_args(tiny_bert, reviews_csv, tmp_path / "one", *common))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"),
-        "--main_process_port",
-        "0",
-        os.path.join(REPO, "recipes", "classify.py"),
-        *base_args(tiny_bert, reviews_csv, tmp_path / "two", *common, "--per_device_train_batch_size", "4"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO))
-    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "two"
+    result = launch_two_processes(
+        "classify.py", base_args(tiny_bert, reviews_csv, two, *common, "--per_device_train_batch_size", "4")
+    )
     assert "Global batch 8 = 4 per device x 1 accumulation steps x 2 processes" in result.stderr
-    assert logged_losses(tmp_path / "two") == pytest.approx(logged_losses(tmp_path / "one"), abs=1e-4)
-    results = json.loads((tmp_path / "two" / "all_results.json").read_text())
-    assert results["eval_samples"] if "eval_samples" in results else results["eval_accuracy"] >= 0
-    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "two").config.num_labels == 2
+    assert logged_losses(two) == pytest.approx(logged_losses(tmp_path / "one"), abs=1e-4)
+    with open(two / "predictions.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 15
+    one_results = json.loads((tmp_path / "one" / "all_results.json").read_text())
+    two_results = json.loads((two / "all_results.json").read_text())
+    assert two_results["test_accuracy"] == pytest.approx(one_results["test_accuracy"], abs=1e-6)
+    assert AutoModelForSequenceClassification.from_pretrained(two).config.num_labels == 2
 
 
 @pytest.mark.parametrize(

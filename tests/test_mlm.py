@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForMaskedLM, TrainingArguments
 
 from recipes.mlm import main
-from tests.tiny import NEGATIVE, POSITIVE, build_tokenizer
+from tests.tiny import NEGATIVE, POSITIVE, build_tokenizer, launch_two_processes
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
 from transferkit.mlm_data import EVAL_MASK_PROBABILITY, MLMCollator, mask_for_evaluation, tokenize_for_mlm
@@ -27,24 +25,49 @@ def corpus(tmp_path_factory) -> str:
     """Templated lines: most tokens are predictable from context, so a few epochs visibly lower the loss."""
     rng = random.Random(0)
     templates = ("the film was {} and {} .", "this movie is so {} , really {} !")
-    lines = [" ".join(rng.choice(templates).format(*rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)) for _ in range(2))
-             for i in range(120)]
+    lines = [
+        " ".join(rng.choice(templates).format(*rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)) for _ in range(2))
+        for i in range(120)
+    ]
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
 
 def run_args(model: str, corpus: str, output_dir, *extra: str) -> list[str]:
-    return ["--model_name_or_path", model, "--train_file", corpus, "--output_dir", str(output_dir),
-            "--max_seq_length", "32", "--per_device_train_batch_size", "8", "--learning_rate", "5e-3",
-            "--disable_tqdm", "true", "--seed", "0", *extra]
+    return [
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        corpus,
+        "--output_dir",
+        str(output_dir),
+        "--max_seq_length",
+        "32",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "5e-3",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def tokenize(texts: list[str], mlm_args: MLMArguments, size: int = 16) -> Dataset:
     splits = DatasetDict({"train": Dataset.from_dict({"text": texts})})
     data_args = DataArguments(train_file="unused")
-    return tokenize_for_mlm(splits, build_tokenizer(), ["text"], size, data_args, mlm_args,
-                            TrainingArguments(output_dir="unused", report_to="none"))["train"]
+    return tokenize_for_mlm(
+        splits,
+        build_tokenizer(),
+        ["text"],
+        size,
+        data_args,
+        mlm_args,
+        TrainingArguments(output_dir="unused", report_to="none"),
+    )["train"]
 
 
 def test_run_writes_model_metrics_and_learns(tiny_bert, corpus, tmp_path):
@@ -75,8 +98,11 @@ def test_line_by_line_and_sentence_chunks():
     assert len(lines) == 3
     pytest.importorskip("punkt", reason="needs the text extra: pip install 'transferkit[text]'")
     tokenizer = build_tokenizer()
-    chunks = tokenize(["The film is good. The plot is dull. The cast is fun and warm. It was bland."],
-                      MLMArguments(sentence_chunks=True), size=12)
+    chunks = tokenize(
+        ["The film is good. The plot is dull. The cast is fun and warm. It was bland."],
+        MLMArguments(sentence_chunks=True),
+        size=12,
+    )
     for ids in chunks["input_ids"]:
         words = tokenizer.convert_ids_to_tokens(ids)
         assert words[-2] == "." and words[-1] == "[SEP]"  # every chunk ends at a sentence boundary
@@ -126,8 +152,21 @@ def test_evaluation_masks_are_fixed_and_at_15_percent():
 def test_streaming_needs_max_steps_and_runs_with_it(tiny_bert, corpus, tmp_path):
     with pytest.raises(TransferKitError, match="set max_steps"):
         main(run_args(tiny_bert, corpus, tmp_path / "s", "--streaming", "true"))
-    metrics = main(run_args(tiny_bert, corpus, tmp_path / "s", "--streaming", "true", "--max_steps", "4",
-                            "--max_eval_samples", "20", "--eval_strategy", "no"))
+    metrics = main(
+        run_args(
+            tiny_bert,
+            corpus,
+            tmp_path / "s",
+            "--streaming",
+            "true",
+            "--max_steps",
+            "4",
+            "--max_eval_samples",
+            "20",
+            "--eval_strategy",
+            "no",
+        )
+    )
     assert metrics["eval_loss"] > 0
     assert (tmp_path / "s" / "model.safetensors").is_file()
 
@@ -164,11 +203,9 @@ def test_decoder_model_is_refused(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_two_process_run(tiny_bert, corpus, tmp_path):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"), "--main_process_port", "0",
-               os.path.join(REPO, "recipes", "mlm.py"),
-               *run_args(tiny_bert, corpus, tmp_path / "two", "--max_steps", "4", "--per_device_train_batch_size", "4")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = launch_two_processes(
+        "mlm.py",
+        run_args(tiny_bert, corpus, tmp_path / "two", "--max_steps", "4", "--per_device_train_batch_size", "4"),
+    )
     assert "Global batch 8 = 4 per device x 1 accumulation steps x 2 processes" in result.stderr
     assert "eval_perplexity" in json.loads((tmp_path / "two" / "all_results.json").read_text())

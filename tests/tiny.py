@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import subprocess
+import sys
 
 from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
@@ -96,3 +98,24 @@ def write_reviews_csv(path: str, rows: int, seed: int = 0, labels: tuple[str, st
             positive = index % 2 == 0
             writer.writerow([review(rng, positive), labels[int(positive)]])
     return path
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch_two_processes(recipe_file: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` a recipe with the shipped 2-process CPU config, as a user would; fails on non-zero exit."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml"),
+        "--main_process_port",
+        "0",
+        os.path.join(REPO, "recipes", recipe_file),
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
