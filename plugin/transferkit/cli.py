@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "quickstart",
         "Finetune all-MiniLM-L6-v2 on Rotten Tomatoes reviews, offline, and print the test metrics. "
-        "Extra flags are passed to the classify recipe (e.g. --num_train_epochs 1).",
+        "`quickstart lora` trains LoRA adapters instead; `quickstart pipeline` runs TAPT, then finetuning, "
+        "against the base model. Extra flags go to the recipe (e.g. --num_train_epochs 1).",
     )
 
     run = add(

@@ -104,18 +104,22 @@ def quickstart_config(recipe: str = "classify") -> str:
 def run_quickstart(extra_args: list[str]) -> int:
     """Finetune MiniLM on the reviews with the quickstart config and print the test metrics.
 
-    `transferkit quickstart pipeline` runs the adapt-then-finetune pipeline (TAPT on the review texts) instead.
+    `transferkit quickstart lora` trains LoRA adapters instead of the whole model; `transferkit quickstart pipeline`
+    runs the adapt-then-finetune pipeline (TAPT on the review texts).
     """
     if extra_args[:1] == ["pipeline"]:
         return run_quickstart_pipeline(extra_args[1:])
+    variant = "classify_lora" if extra_args[:1] == ["lora"] else "classify"
+    extra_args = extra_args[1:] if variant == "classify_lora" else extra_args
     reviews, offline = prepare_offline()
-    output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", "quickstart")
+    default_dir = "quickstart_lora" if variant == "classify_lora" else "quickstart"
+    output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", default_dir)
     command = [
         sys.executable,
         "-m",
         "transferkit.recipes.classify",
         "--config",
-        quickstart_config(),
+        quickstart_config(variant),
         "--train_file",
         reviews,
         "--output_dir",
@@ -136,8 +140,18 @@ def run_quickstart_pipeline(extra_args: list[str]) -> int:
     """TAPT on the review texts, finetune the adapted model and the base model, and print the comparison."""
     reviews, offline = prepare_offline()
     output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", "quickstart_pipeline")
-    command = [sys.executable, "-m", "transferkit.recipes.pipeline", "--config", quickstart_config("pipeline"),
-               "--classify.train_file", reviews, "--output_dir", output_dir, *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "transferkit.recipes.pipeline",
+        "--config",
+        quickstart_config("pipeline"),
+        "--classify.train_file",
+        reviews,
+        "--output_dir",
+        output_dir,
+        *extra_args,
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1") if offline else dict(os.environ)
     print("Running:", " ".join(command), flush=True)
     return subprocess.call(command, env=env)
