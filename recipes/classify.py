@@ -38,6 +38,7 @@ from transferkit.metrics import build_compute_metrics, load_metric
 from transferkit.models import ensure_pad_token, load_classifier, load_tokenizer, resolve_max_seq_length
 from transferkit.preprocess import tokenize_for_classification
 from transferkit.publish import finish_run, prepare_push
+from transferkit.reliability import check_output_dir_writable, plan_run, print_plan
 from transferkit.reports import output_path, plot_training_curves, predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.train import (
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     setup_logging(training_args)
     check_requested_backend(training_args, recipe="classify")
+    check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     checkpoint = resolve_checkpoint(training_args, run_args)
     repo_id = prepare_push(training_args)
 
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         **trainer_kwargs,
     )
     check_requested_backend(trainer, recipe="classify")
+    if run_args.dry_run:
+        print_plan(plan_run(trainer, tokenized))
+        return {}
     metrics = train_and_save(trainer, checkpoint)
     if lora_args.use_peft:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))

@@ -36,6 +36,7 @@ from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
 from transferkit.mlm_data import MLMCollator, tokenize_for_mlm
 from transferkit.models import load_masked_lm, load_tokenizer, resolve_max_seq_length
 from transferkit.publish import finish_run, prepare_push
+from transferkit.reliability import check_output_dir_writable, plan_run, print_plan
 from transferkit.reports import output_path, plot_training_curves
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     setup_logging(training_args)
     check_requested_backend(training_args, recipe="mlm")
+    check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true reads the corpus once, with no length known: set max_steps.")
     checkpoint = resolve_checkpoint(training_args, run_args)
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=callbacks if mlm_args.head_warmup_steps else [],
     )
     check_requested_backend(trainer, recipe="mlm")
+    if run_args.dry_run:
+        print_plan(plan_run(trainer, tokenized))
+        return {}
     metrics = train_and_save(trainer, checkpoint)
     if lora_args.use_peft:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))

@@ -134,6 +134,14 @@ class RunArguments:
         **_help("Start afresh in an output_dir that already holds checkpoints or a finished run (they are replaced)."),
     )
     debug_errors: bool = field(default=False, **_help("Show full tracebacks for input errors (for bug reports)."))
+    dry_run: bool = field(
+        default=False,
+        **_help(
+            "Check config, data, labels and model, print the plan (examples, tokens, steps, global batch, an "
+            "estimated time from a few timed steps) and stop without training."
+        ),
+    )
+    min_free_disk_gb: float = field(default=1.0, **_help("Fail early when output_dir's disk has less free space."))
 
 
 @dataclass

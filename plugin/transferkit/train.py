@@ -14,10 +14,11 @@ import shutil
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy
 
 from transferkit.arguments import RunArguments
 from transferkit.errors import TransferKitError
+from transferkit.reliability import exit_if_preempted, install_preemption_handler, last_valid_checkpoint
 
 logger = logging.getLogger(__name__)
 RESUME_AUTO = ("auto", "true", "True", "1", "yes", "last")
@@ -49,7 +50,7 @@ def resolve_checkpoint(training_args: TrainingArguments, run_args: RunArguments)
     """
     requested = training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    last = last_valid_checkpoint(output_dir)  # skips (with a warning) checkpoints whose save a kill cut short
     if requested in RESUME_AUTO:
         if last is None:
             logger.info(
@@ -70,13 +71,17 @@ def resolve_checkpoint(training_args: TrainingArguments, run_args: RunArguments)
             "overwrite_output_dir: true to start afresh, or choose another output_dir."
         )
     if (last or finished) and run_args.overwrite_output_dir and training_args.process_index == 0:
+        if run_args.dry_run:  # a dry run deletes nothing
+            return None
         shutil.rmtree(output_dir)
     return None
 
 
 def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
     """Train, save the final model and tokenizer, and record the train metrics."""
+    install_preemption_handler(trainer)  # SIGTERM: checkpoint at the next step end, then stop
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    exit_if_preempted(trainer)  # after SIGTERM: log where to resume from, exit 0
     trainer.save_model()
     metrics = dict(result.metrics)
     if hasattr(trainer.train_dataset, "__len__"):  # a streamed dataset has no length

@@ -1,0 +1,249 @@
+"""Surviving preemption and kills: a clean stop on SIGTERM, resume only from complete checkpoints, early disk checks,
+a dry run. Trainer 5.x writes straight into `checkpoint-N/` (no temporary folder and rename): weights, optimizer,
+RNG state, then `trainer_state.json`; a kill in between leaves a folder `get_last_checkpoint` still returns."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import statistics
+import struct
+import tempfile
+import threading
+import time
+import zipfile
+
+import pyarrow.compute as pc
+import torch
+from transformers import Trainer, TrainerCallback
+
+from transferkit.errors import TransferKitError
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = {"model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin"}
+INDEX_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json"}
+OPTIMIZER_FILES = {"optimizer.pt", "optimizer.bin"}
+
+
+class TrainingPreempted(SystemExit):
+    """Raised after a preempted run saved its checkpoint: exit status 0, no traceback, nothing after training runs."""
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM (preemption, torchrun/SLURM shutdown) save a checkpoint at the next step end and stop. The handler
+    sets a flag, max-reduced over DDP ranks at each step end (all stop together); set for `train()` only."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+        self.signals, self.requested, self._previous, self.stopped_at, self.checkpoint = signals, False, {}, None, None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def _agreed(self, args) -> bool:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.requested
+        flag = torch.tensor([int(self.requested)], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.stopped_at = self.checkpoint = None
+        if not self._previous and threading.current_thread() is threading.main_thread():  # else signal() raises
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.signals}
+        loader = getattr(train_dataloader, "base_dataloader", train_dataloader)  # under accelerate's wrapper
+        if getattr(loader, "num_workers", 0):  # workers start at the first iter(), after this
+            loader.worker_init_fn = functools.partial(_ignore_in_worker, self.signals, loader.worker_init_fn)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and self._agreed(args):
+            self.stopped_at = state.global_step
+            self.checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            control.should_save = control.should_training_stop = control.should_log = True
+            control.should_evaluate = False  # the grace period before SIGKILL is short: save first, evaluate later
+            logger.warning("Termination signal: saving a checkpoint at step %d and stopping.", state.global_step)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:  # no second save or evaluation for an epoch cut short by preemption
+            control.should_save = control.should_evaluate = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+
+def _ignore_in_worker(signals: tuple[int, ...], init_fn, worker_id: int) -> None:
+    """DataLoader workers ignore the signal (SLURM signals every process; a dead worker crashes the main one)."""
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+def install_preemption_handler(trainer: Trainer, signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionCallback:
+    """Add a PreemptionCallback to `trainer`, once (later calls return it); its handler is active during `train()`."""
+    found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback)]
+    if not found:
+        found.append(PreemptionCallback(signals))
+        trainer.add_callback(found[0])
+    return found[0]
+
+
+def exit_if_preempted(trainer: Trainer) -> None:
+    """After `trainer.train()`: if SIGTERM stopped it, log where the checkpoint is and raise TrainingPreempted, so
+    nothing after training (final save, evaluation, card, push) runs and output_dir never looks like a finished run."""
+    cb = install_preemption_handler(trainer)
+    if cb.stopped_at is None:
+        return
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        logger.warning("preempted: checkpoint saved at %s, rerun with resume_from_checkpoint: auto", cb.checkpoint)
+    raise TrainingPreempted(0)
+
+
+def _file_problem(path: str) -> str | None:
+    """Why a checkpoint file looks truncated, or None. Cheap: reads only headers and the zip directory."""
+    name, size = os.path.basename(path), os.path.getsize(path)
+    if size == 0:
+        return f"{name} is empty"
+    try:
+        if name.endswith(".safetensors"):
+            with open(path, "rb") as handle:
+                (header_size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(header_size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            return f"{name} is truncated" if size < 8 + header_size + end else None
+        if name.endswith((".pt", ".pth", ".bin")):
+            with open(path, "rb") as handle:
+                zipped = handle.read(2) == b"PK"  # torch.save's zip format; legacy pickles are not checked
+            return f"{name} is truncated" if zipped and not zipfile.is_zipfile(path) else None
+        if name.endswith(".json"):
+            with open(path, encoding="utf-8") as handle:
+                json.load(handle)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        return f"{name} is unreadable"
+    return None
+
+
+def checkpoint_problem(path: str, require_optimizer: bool = True) -> str | None:
+    """What makes `path` unusable for resuming (a missing or truncated file), or None when it looks complete."""
+    names = set(os.listdir(path))
+    subdirs = {name for name in names if os.path.isdir(os.path.join(path, name))}
+    deepspeed = any(name.startswith("global_step") for name in subdirs)  # DeepSpeed keeps weights + optimizer there
+    if "trainer_state.json" not in names:
+        return "no trainer_state.json (Trainer writes it last)"
+    sharded = deepspeed or any(name.startswith("pytorch_model_fsdp") for name in names)  # FSDP: a folder of shards
+    if not (sharded or names & (WEIGHT_FILES | INDEX_FILES)):
+        return "no model weights"
+    if require_optimizer and not (deepspeed or names & OPTIMIZER_FILES or "optimizer_0" in subdirs):
+        return "no optimizer state (optimizer.pt)"
+    files = [os.path.join(root, name) for root, _, found in os.walk(path) for name in sorted(found)]
+    return next(filter(None, map(_file_problem, files)), None)
+
+
+def last_valid_checkpoint(output_dir: str, require_optimizer: bool = True) -> str | None:
+    """The newest complete `checkpoint-N` in output_dir (None if none); newer incomplete ones are skipped with a
+    warning. Use instead of transformers' `get_last_checkpoint`, which returns a folder whose save a kill cut short."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    steps = [(int(m.group(1)), name) for name in names if (m := CHECKPOINT_RE.match(name))]
+    for _, name in sorted(steps, reverse=True):
+        path = os.path.join(output_dir, name)
+        try:
+            problem = checkpoint_problem(path, require_optimizer) if os.path.isdir(path) else "not a folder"
+        except OSError as err:  # deleted meanwhile, e.g. by rank 0 under overwrite_output_dir
+            problem = str(err)
+        if problem is None:
+            return path
+        logger.warning("Skipping incomplete checkpoint %s: %s (a save cut short by a kill?).", path, problem)
+    return None
+
+
+def check_output_dir_writable(output_dir: str, min_free_gb: float = 1.0) -> None:
+    """Fail early, naming the path and the fix, if output_dir can't be created or written or its disk is full."""
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None if os.path.isdir(existing) else f"{existing} is a file, not a folder"
+    try:  # a temporary folder, removed at once: the check leaves nothing behind
+        if problem is None:
+            os.rmdir(tempfile.mkdtemp(prefix=".transferkit-write-test-", dir=existing))
+    except OSError as err:
+        problem = f"{existing} is not writable ({err.strerror})"
+    if problem:
+        raise TransferKitError(f"output_dir {output_dir} cannot be written: {problem}. Fix it or choose another one.")
+    free_gb = shutil.disk_usage(existing).free / 2**30
+    if free_gb < min_free_gb:
+        raise TransferKitError(
+            f"output_dir {output_dir}: only {free_gb:.2f} GiB free on its disk, below the {min_free_gb:g} GiB needed "
+            "for checkpoints (min_free_disk_gb). Free some space or choose an output_dir on another disk."
+        )
+
+
+def _tokens(split) -> int | None:
+    """Real (non-padding) tokens in a tokenized split: the attention mask's ones, else the input_ids lengths."""
+    if not hasattr(split, "__len__") or "input_ids" not in (split.column_names or []):
+        return None
+    if "attention_mask" in split.column_names:
+        return int(pc.sum(pc.list_flatten(split.with_format("arrow")["attention_mask"])).as_py() or 0)
+    return int(pc.sum(pc.list_value_length(split.with_format("arrow")["input_ids"])).as_py() or 0)
+
+
+def plan_run(trainer: Trainer, splits: dict, timed_batches: int = 3) -> dict:
+    """What `trainer.train()` would do: examples and tokens per split, optimizer steps, global batch, time estimate.
+    The time comes from forward + backward of `timed_batches` real batches among the first 64, after a warm-up one;
+    no optimizer step, gradients and torch RNG restored, nothing written. Optimizer update, eval, saves: left out."""
+    args, model = trainer.args, trainer.model
+    dataloader = trainer.get_train_dataloader()
+    epochs, per_epoch, _, _, global_batch, batches, total = trainer.set_initial_training_values(args, dataloader)
+    plan = {
+        "examples": {name: len(split) for name, split in splits.items() if hasattr(split, "__len__")},
+        "tokens": {name: _tokens(split) for name, split in splits.items()},
+        "epochs": epochs if epochs < 2**31 else None,  # a stream without length: sys.maxsize
+        **{"steps_per_epoch": per_epoch, "total_steps": total, "global_batch": global_batch},
+        **{"per_device_batch": args.per_device_train_batch_size, "world_size": max(1, args.world_size)},
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    }
+    span = max(2, min(batches or timed_batches + 1, 64))
+    wanted = {0} | {1 + round(i * (span - 2) / max(1, timed_batches - 1)) for i in range(timed_batches)}
+    times, was_training = [], model.training
+    model.train()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        for index, batch in zip(range(max(wanted) + 1), dataloader):
+            if index in wanted:
+                inputs, start = trainer._prepare_inputs(batch), time.perf_counter()
+                with trainer.compute_loss_context_manager():
+                    loss = trainer.compute_loss(model, inputs)
+                trainer.accelerator.backward(loss)
+                torch.cuda.synchronize() if torch.cuda.is_available() else None
+                times.append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    times = times[1:] or times  # the first batch is a warm-up, unless it is the only one; median: robust to a stall
+    step = statistics.median(times) * args.gradient_accumulation_steps if times else None
+    plan.update(timed_batches=len(times), seconds_per_step=step, estimated_train_seconds=step and step * total)
+    return plan
+
+
+def print_plan(plan: dict) -> None:
+    """Log the plan in a few readable lines."""
+    p, epochs = plan, f", {plan['epochs']} epochs" if plan["epochs"] else ""
+    for name, count in p["examples"].items():
+        tokens = f", {p['tokens'][name]:,} tokens" if p["tokens"][name] is not None else ""
+        logger.info(f"dry run: {name}: {count} examples{tokens}")
+    logger.info(
+        f"dry run: {p['total_steps']} optimizer steps ({p['steps_per_epoch']} per epoch{epochs}); global batch "
+        f"{p['global_batch']} = {p['per_device_batch']} per device x {p['gradient_accumulation_steps']} accumulation "
+        f"x {p['world_size']} processes"
+    )
+    if p["estimated_train_seconds"] is not None:
+        logger.info(
+            f"dry run: about {p['seconds_per_step']:.3f} s per optimizer step (forward + backward, "
+            f"{p['timed_batches']} timed batches): {p['estimated_train_seconds'] / 60:.1f} min of training, "
+            "without evaluation and saves."
+        )

@@ -1,0 +1,376 @@
+"""Reliability: kill and resume, SIGTERM, incomplete checkpoints, unwritable output_dir, determinism, dry run.
+
+The kill/SIGTERM tests run recipes/classify.py in a subprocess through this file's `__main__` driver, which pauses the
+run at a chosen point (after a checkpoint save, in the middle of one, inside a training step) and writes a marker
+file, so the test kills or signals it at exactly that point instead of racing a fast tiny run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+import recipes.classify
+import transferkit.train
+from recipes.classify import main
+from tests.tiny import review
+from transferkit.arguments import RunArguments
+from transferkit.errors import TransferKitError
+from transferkit.reliability import check_output_dir_writable, last_valid_checkpoint, plan_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Losses / metrics of a resumed run against the uninterrupted one (fp32 CPU, same seed). Measured here: bit-identical
+# in one process, 6e-8 apart under 2-process DDP; the tolerance leaves room for other CPUs' kernels.
+RESUME_TOL = 1e-4
+DETERMINISM_TOL = 1e-6  # the same config and seed twice in one process
+INTEGRATED = hasattr(transferkit.train, "exit_if_preempted") and hasattr(transferkit.train, "last_valid_checkpoint")
+needs_integration = pytest.mark.skipif(
+    not INTEGRATED, reason="train.py does not call transferkit.reliability yet (resolve_checkpoint / train_and_save)"
+)
+needs_recipe_integration = pytest.mark.skipif(
+    not hasattr(recipes.classify, "plan_run") or "dry_run" not in {f.name for f in dataclasses.fields(RunArguments)},
+    reason="recipes/classify.py has no dry_run / output_dir check yet",
+)
+
+
+def run_args(model: str, data: str, output_dir, *extra: str) -> list[str]:
+    """12 steps of batch 16 over 144 training rows: 9 steps per epoch, so the run crosses an epoch boundary."""
+    return [
+        *("--model_name_or_path", model, "--train_file", data, "--output_dir", str(output_dir)),
+        *("--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--max_seq_length", "32"),
+        *("--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "no"),
+        *("--logging_steps", "1", "--train_sampling_strategy", "random", "--seed", "1"),
+        *("--report_to", "none", "--disable_tqdm", "true"),
+        *extra,
+    ]
+
+
+def state(path) -> dict:
+    with open(os.path.join(path, "trainer_state.json")) as handle:
+        return json.load(handle)
+
+
+def losses(path) -> dict[int, float]:
+    return {entry["step"]: entry["loss"] for entry in state(path)["log_history"] if "loss" in entry}
+
+
+def eval_metrics(path) -> dict[str, float]:
+    with open(os.path.join(path, "eval_results.json")) as handle:
+        return {key: value for key, value in json.load(handle).items() if key in ("eval_loss", "eval_accuracy")}
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_bert, reviews_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    main(run_args(tiny_bert, reviews_csv, out))
+    return out
+
+
+def start_paused(args: list[str], pause: str, marker, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    """This file's driver in a subprocess (and process group), its output in <marker>.log (a full pipe would block
+    the run)."""
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, TK_TEST_PAUSE=pause, TK_TEST_MARKER=str(marker))
+    with open(f"{marker}.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, *launcher, os.path.abspath(__file__), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def finish(process: subprocess.Popen, marker, timeout: float = 120) -> str:
+    process.wait(timeout=timeout)
+    with open(f"{marker}.log") as log:
+        return log.read()
+
+
+def wait_for(paths: list, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(os.path.exists(path) for path in paths):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            with open(f"{paths[0].rsplit('.', 1)[0]}.log") as log:
+                pytest.fail(f"the run never reached the pause point:\n{log.read()[-3000:]}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def resume_spy(monkeypatch):
+    """Records the global step each `train()` restored from its checkpoint (0 for a fresh start)."""
+    restored = []
+    original = transformers.Trainer._init_training_state
+
+    def spy(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        restored.append(self.state.global_step)
+        return result
+
+    monkeypatch.setattr(transformers.Trainer, "_init_training_state", spy)
+    return restored
+
+
+def assert_matches_baseline(out, baseline) -> None:
+    assert state(out)["global_step"] == 12
+    resumed, reference = losses(out), losses(baseline)
+    assert sorted(resumed) == list(range(1, 13))
+    assert resumed == pytest.approx(reference, abs=RESUME_TOL)
+    assert eval_metrics(out) == pytest.approx(eval_metrics(baseline), abs=RESUME_TOL)
+
+
+def test_same_seed_gives_same_metrics(tiny_bert, reviews_csv, baseline, tmp_path):
+    main(run_args(tiny_bert, reviews_csv, tmp_path / "again"))
+    assert losses(tmp_path / "again") == pytest.approx(losses(baseline), abs=DETERMINISM_TOL)
+    assert eval_metrics(tmp_path / "again") == pytest.approx(eval_metrics(baseline), abs=DETERMINISM_TOL)
+    assert len(set(losses(baseline).values())) > 1  # the run learns: the comparison is not of constants
+
+
+def test_sigkill_after_a_checkpoint_then_resume_matches(tiny_bert, reviews_csv, baseline, tmp_path, resume_spy):
+    out, marker = tmp_path / "run", tmp_path / "paused"
+    process = start_paused(run_args(tiny_bert, reviews_csv, out), "after_save:8", marker)
+    wait_for([f"{marker}.0"], process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert sorted(os.listdir(out)) == ["checkpoint-4", "checkpoint-8"]  # no final model, no all_results.json
+    main(run_args(tiny_bert, reviews_csv, out, "--resume_from_checkpoint", "auto"))
+    assert resume_spy == [8]
+    assert_matches_baseline(out, baseline)
+
+
+@needs_integration
+def test_sigkill_during_a_save_resumes_from_the_previous_one(tiny_bert, reviews_csv, baseline, tmp_path, resume_spy):
+    out, marker = tmp_path / "run", tmp_path / "paused"
+    process = start_paused(run_args(tiny_bert, reviews_csv, out), "mid_save:8", marker)
+    wait_for([f"{marker}.0"], process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    broken = out / "checkpoint-8"
+    assert (broken / "model.safetensors").is_file() and not (broken / "optimizer.pt").exists()
+    assert transformers.trainer_utils.get_last_checkpoint(str(out)) == str(broken)  # what Trainer would pick
+    assert last_valid_checkpoint(str(out)) == str(out / "checkpoint-4")
+    main(run_args(tiny_bert, reviews_csv, out, "--resume_from_checkpoint", "auto"))
+    assert resume_spy == [4]
+    assert_matches_baseline(out, baseline)
+
+
+@needs_integration
+def test_sigterm_saves_a_checkpoint_exits_0_and_resumes(tiny_bert, reviews_csv, baseline, tmp_path, resume_spy):
+    out, marker = tmp_path / "run", tmp_path / "paused"
+    args = run_args(tiny_bert, reviews_csv, out, "--dataloader_num_workers", "1")
+    process = start_paused(args, "in_step:5", marker)
+    wait_for([f"{marker}.0"], process)  # paused inside step 6 (5 steps done)
+    os.killpg(process.pid, signal.SIGTERM)  # like SLURM: every process, the DataLoader worker too
+    log = finish(process, marker)
+    assert process.returncode == 0, log[-3000:]
+    assert f"preempted: checkpoint saved at {out / 'checkpoint-6'}, rerun with resume_from_checkpoint: auto" in log
+    assert last_valid_checkpoint(str(out)) == str(out / "checkpoint-6")
+    assert state(out / "checkpoint-6")["global_step"] == 6
+    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists()
+    handler = signal.getsignal(signal.SIGTERM)
+    main(run_args(tiny_bert, reviews_csv, out, "--resume_from_checkpoint", "auto"))
+    assert signal.getsignal(signal.SIGTERM) is handler  # installed for train() only, then restored
+    assert resume_spy == [6]
+    assert_matches_baseline(out, baseline)
+
+
+@pytest.mark.slow
+@needs_integration
+def test_sigterm_under_two_process_ddp(tiny_bert, reviews_csv, baseline, tmp_path):
+    """torchrun (under accelerate launch) forwards SIGTERM to both ranks, which stop at the same step and save."""
+    out, marker = tmp_path / "run", tmp_path / "paused"
+    launcher = (
+        *("-m", "accelerate.commands.launch", "--main_process_port", "0"),
+        *("--config_file", os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml")),
+    )
+    args = run_args(tiny_bert, reviews_csv, out, "--per_device_train_batch_size", "8")
+    process = start_paused(args, "in_step:5", marker, launcher)
+    wait_for([f"{marker}.0", f"{marker}.1"], process, timeout=400)
+    process.send_signal(signal.SIGTERM)  # to the launcher only, as `kill <pid>` or a scheduler would
+    log = finish(process, marker)
+    assert "preempted: checkpoint saved at" in log, log[-3000:]
+    # the launcher itself re-raises the signal after its workers exited (torch elastic's SignalException)
+    assert all("SignalException" in trace for trace in log.split("Traceback")[1:]), log[-3000:]
+    assert last_valid_checkpoint(str(out)) == str(out / "checkpoint-6")
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(out / "checkpoint-6"))
+
+    resume = [*args, "--resume_from_checkpoint", "auto", "--log_level", "info"]  # info: Trainer says where it resumed
+    process = start_paused(resume, "in_step:-1", tmp_path / "resumed", launcher)
+    log = finish(process, tmp_path / "resumed", timeout=400)
+    assert process.returncode == 0, log[-3000:]
+    assert "Resuming training from checkpoint with epoch 0 and global step 6" in log
+    assert_matches_baseline(out, baseline)  # 2 x 8 under DDP = 1 x 16 (the loss-scaling fix in the recipe)
+
+
+def fake_checkpoint(root, step: int):
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    save_file({"weight": torch.arange(64, dtype=torch.float32)}, str(path / "model.safetensors"))
+    torch.save({"state": {0: torch.zeros(64)}}, path / "optimizer.pt")
+    torch.save({"last_epoch": step}, path / "scheduler.pt")
+    torch.save({"cpu": torch.random.get_rng_state()}, path / "rng_state.pth")
+    (path / "config.json").write_text("{}")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: (p / "optimizer.pt").unlink(), "no optimizer state"),
+        (lambda p: (p / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda p: (p / "model.safetensors").unlink(), "no model weights"),
+        (lambda p: (p / "rng_state.pth").write_bytes(b""), "rng_state.pth is empty"),
+        (lambda p: truncate(p / "model.safetensors"), "model.safetensors is truncated"),
+        (lambda p: truncate(p / "optimizer.pt"), "optimizer.pt is truncated"),
+        (lambda p: truncate(p / "trainer_state.json"), "trainer_state.json is unreadable"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "damage",
+)
+def test_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, damage, reason):
+    fake_checkpoint(tmp_path, 4)
+    damage(fake_checkpoint(tmp_path, 8))
+    with caplog.at_level(logging.WARNING, logger="transferkit.reliability"):
+        assert last_valid_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert f"Skipping incomplete checkpoint {tmp_path / 'checkpoint-8'}: {reason}" in caplog.text
+
+
+def test_empty_checkpoint_folder_and_no_valid_checkpoint(tmp_path, caplog):
+    assert last_valid_checkpoint(str(tmp_path / "missing")) is None
+    fake_checkpoint(tmp_path, 12)
+    (tmp_path / "checkpoint-99").mkdir()
+    (tmp_path / "checkpoint-notes.txt").write_text("not a checkpoint")
+    with caplog.at_level(logging.WARNING, logger="transferkit.reliability"):
+        assert last_valid_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-12")  # numeric, not by name
+    assert "checkpoint-99: no trainer_state.json" in caplog.text
+    (tmp_path / "checkpoint-12" / "optimizer.pt").unlink()
+    assert last_valid_checkpoint(str(tmp_path)) is None
+    assert last_valid_checkpoint(str(tmp_path), require_optimizer=False) == str(tmp_path / "checkpoint-12")
+
+
+def test_output_dir_checks(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(TransferKitError, match=f"output_dir {blocker}/run/out cannot be written: {blocker} is a file"):
+        check_output_dir_writable(str(blocker / "run" / "out"))
+    with pytest.raises(TransferKitError, match=r"GiB free on its disk, below the 1e\+09 GiB .* another disk"):
+        check_output_dir_writable(str(tmp_path / "new"), min_free_gb=1e9)
+    check_output_dir_writable(str(tmp_path / "new" / "deeper"))
+    check_output_dir_writable(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]  # the checks create nothing
+
+
+def test_plan_run_counts_and_leaves_no_trace(tiny_bert, tmp_path):
+    import random
+
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    rng = random.Random(0)
+    texts = [review(rng, i % 2 == 0) for i in range(48)]
+    data = Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(48)]})
+    tokenized = data.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+    splits = {"train": tokenized.select(range(37)), "validation": tokenized.select(range(37, 48))}
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    out = tmp_path / "out"
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_train_epochs=3,
+        report_to="none",
+        train_sampling_strategy="group_by_length",
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=splits["train"], processing_class=tokenizer)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    rng_before = torch.random.get_rng_state()
+
+    plan = plan_run(trainer, splits)
+    # 37 examples / batch 4 -> 10 batches; / 2 accumulation -> 5 optimizer steps per epoch; x 3 epochs -> 15
+    assert plan["steps_per_epoch"] == 5 and plan["total_steps"] == 15 and plan["epochs"] == 3
+    assert plan["global_batch"] == 8
+    assert plan["examples"] == {"train": 37, "validation": 11}
+    assert plan["tokens"] == {
+        "train": sum(len(tokenizer(text)["input_ids"]) for text in texts[:37]),
+        "validation": sum(len(tokenizer(text)["input_ids"]) for text in texts[37:]),
+    }
+    assert plan["timed_batches"] == 3 and plan["seconds_per_step"] > 0
+    assert plan["estimated_train_seconds"] == pytest.approx(plan["seconds_per_step"] * 15)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
+    assert torch.equal(rng_before, torch.random.get_rng_state())
+    assert not out.exists() or os.listdir(out) == []
+
+    args.max_steps = 7  # max_steps wins over epochs: 7 steps, over ceil(7 / 5) = 2 epochs
+    plan = plan_run(trainer, splits, timed_batches=1)
+    assert (plan["total_steps"], plan["epochs"], plan["timed_batches"]) == (7, 2, 1)
+
+
+@needs_recipe_integration
+def test_recipe_dry_run_and_output_dir_check(tiny_bert, reviews_csv, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert main(run_args(tiny_bert, reviews_csv, out, "--dry_run", "true")) == {}
+    log = capsys.readouterr().err  # the recipe's setup_logging replaces the root handlers (and caplog's)
+    assert "dry run: train: 144 examples" in log
+    assert "dry run: 12 optimizer steps (9 per epoch, 2 epochs); global batch 16" in log
+    assert not out.exists() or os.listdir(out) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TransferKitError, match="cannot be written: .*file is a file, not a folder"):
+        main(run_args(tiny_bert, reviews_csv, tmp_path / "file" / "out"))
+
+
+def _paused_recipe() -> None:
+    """Test driver, not a test: recipes/classify.py with a pause at TK_TEST_PAUSE ('after_save:N', 'mid_save:N' or
+    'in_step:N'); at the pause each rank writes TK_TEST_MARKER.<rank> and waits to be killed or signalled."""
+    from recipes.classify import main as classify
+    from transferkit.errors import exit_on_user_error
+    from transferkit.reliability import PreemptionCallback
+
+    where, _, step = os.environ["TK_TEST_PAUSE"].partition(":")
+    names = {"after_save": "_save_checkpoint", "mid_save": "_save_optimizer_and_scheduler", "in_step": "training_step"}
+    original = getattr(transformers.Trainer, names[where])
+
+    def pause(self) -> None:
+        open(f"{os.environ['TK_TEST_MARKER']}.{self.args.process_index}", "w").close()
+        deadline = time.monotonic() + 120
+        callbacks = self.callback_handler.callbacks
+        while time.monotonic() < deadline and not any(
+            isinstance(cb, PreemptionCallback) and cb.requested for cb in callbacks
+        ):
+            time.sleep(0.05)
+
+    def patched(self, *args, **kwargs):
+        at_step = self.state.global_step == int(step)
+        if at_step and where != "after_save":
+            pause(self)
+        result = original(self, *args, **kwargs)
+        if at_step and where == "after_save":
+            pause(self)
+        return result
+
+    setattr(transformers.Trainer, names[where], patched)
+    exit_on_user_error(lambda: classify(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    _paused_recipe()
