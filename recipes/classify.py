@@ -28,6 +28,7 @@ import logging
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from transferkit.arguments import ClassificationArguments, DataArguments, ModelArguments, RunArguments
+from transferkit.batching import length_bucketed
 from transferkit.config import parse_config
 from transferkit.data import load_classification_splits
 from transferkit.distributed import check_requested_backend
@@ -41,6 +42,7 @@ from transferkit.publish import finish_run, prepare_push
 from transferkit.reliability import check_output_dir_writable, plan_run, print_plan
 from transferkit.reports import output_path, plot_training_curves, predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
+from transferkit.throughput import enable_throughput
 from transferkit.train import (
     ClassWeightedTrainer,
     disable_eval_without_split,
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer_kwargs = {}
     if cls_args.class_weights:
         trainer_kwargs["class_weights"] = class_weights(spec, tokenized["train"]["label"], cls_args.class_weights)
-    trainer = (ClassWeightedTrainer if trainer_kwargs else Trainer)(
+    trainer = length_bucketed(ClassWeightedTrainer if trainer_kwargs else Trainer)(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         **trainer_kwargs,
     )
     check_requested_backend(trainer, recipe="classify")
+    enable_throughput(trainer)
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}

@@ -40,6 +40,7 @@ from transferkit.reliability import check_output_dir_writable, plan_run, print_p
 from transferkit.reports import output_path, plot_training_curves
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
+from transferkit.throughput import enable_throughput
 from transferkit.train import (
     HeadWarmupCallback,
     MLMTrainer,
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=callbacks if mlm_args.head_warmup_steps else [],
     )
     check_requested_backend(trainer, recipe="mlm")
+    enable_throughput(trainer, output_head_fraction=mlm_args.mlm_probability if mlm_args.sparse_head else 1.0)
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}

