@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -59,6 +60,22 @@ def main(argv: list[str] | None = None) -> dict:
     report = compare(results)
     write_report(output_dir, report)
     return report
+
+
+def validate_config(path, overrides: list[str]) -> list[str]:
+    """`transferkit validate` for a pipeline config: each stage's keys through that stage's recipe checks."""
+    import tempfile
+
+    from transferkit.launch import validate_recipe_config
+
+    config = load_pipeline_config(["--config", str(path), *overrides])
+    notes = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, stage in plan_stages(config).items():
+            stage_file = write_stage_config(scratch, name, stage)
+            recipe = stage["recipe"].__name__.rsplit(".", 1)[-1]
+            notes += [f"{name}: {note}" for note in validate_recipe_config(Path(stage_file), recipe, [])]
+    return notes
 
 
 def load_pipeline_config(argv: list[str]) -> dict:

@@ -271,6 +271,8 @@ def validate_recipe_config(path: Path, recipe: str, overrides: list[str]) -> lis
 
     _lookup(recipe, list_recipes(), "recipe")
     module = importlib.import_module(f"{RECIPE_PACKAGE}.{recipe}")
+    if hasattr(module, "validate_config"):  # a recipe made of other recipes (pipeline) checks its own sections
+        return module.validate_config(path, overrides)
     types = getattr(module, "ARGUMENT_TYPES", None)
     if not types:
         raise TransferKitError(f"Recipe {recipe} exposes no ARGUMENT_TYPES, so its configs cannot be checked.")
