@@ -38,8 +38,8 @@ from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
 from transferkit.metrics import build_compute_metrics, load_metric
 from transferkit.models import ensure_pad_token, load_classifier, load_tokenizer, resolve_max_seq_length
 from transferkit.preprocess import tokenize_for_classification
-from transferkit.publish import finish_run, prepare_push
-from transferkit.reliability import check_output_dir_writable, plan_run, print_plan
+from transferkit.publish import finish_run
+from transferkit.reliability import plan_run, print_plan
 from transferkit.reports import output_path, plot_training_curves, predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import enable_throughput
@@ -49,9 +49,8 @@ from transferkit.train import (
     early_stopping_callbacks,
     evaluate_and_save,
     log_run_plan,
-    resolve_checkpoint,
     runtime_defaults,
-    setup_logging,
+    start_run,
     train_and_save,
 )
 
@@ -83,11 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
-    setup_logging(training_args)
-    check_requested_backend(training_args, recipe="classify")
-    check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
-    checkpoint = resolve_checkpoint(training_args, run_args)
-    repo_id = prepare_push(training_args)
+    checkpoint, repo_id = start_run(training_args, run_args, recipe="classify")
 
     splits, text_columns, spec = load_classification_splits(
         data_args, model_args, cls_args.problem_type, training_args.seed

@@ -35,8 +35,8 @@ from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
 from transferkit.mlm_data import MLMCollator, tokenize_for_mlm
 from transferkit.models import load_masked_lm, load_tokenizer, resolve_max_seq_length
-from transferkit.publish import finish_run, prepare_push
-from transferkit.reliability import check_output_dir_writable, plan_run, print_plan
+from transferkit.publish import finish_run
+from transferkit.reliability import plan_run, print_plan
 from transferkit.reports import output_path, plot_training_curves
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
@@ -47,9 +47,8 @@ from transferkit.train import (
     disable_eval_without_split,
     evaluate_and_save,
     log_run_plan,
-    resolve_checkpoint,
     runtime_defaults,
-    setup_logging,
+    start_run,
     train_and_save,
 )
 
@@ -81,13 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, mlm_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
-    setup_logging(training_args)
-    check_requested_backend(training_args, recipe="mlm")
-    check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true reads the corpus once, with no length known: set max_steps.")
-    checkpoint = resolve_checkpoint(training_args, run_args)
-    repo_id = prepare_push(training_args)
+    checkpoint, repo_id = start_run(training_args, run_args, recipe="mlm")
 
     splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)

@@ -17,8 +17,15 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from transferkit.arguments import RunArguments
+from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError
-from transferkit.reliability import exit_if_preempted, install_preemption_handler, last_valid_checkpoint
+from transferkit.publish import prepare_push
+from transferkit.reliability import (
+    check_output_dir_writable,
+    exit_if_preempted,
+    install_preemption_handler,
+    last_valid_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 RESUME_AUTO = ("auto", "true", "True", "1", "yes", "last")
@@ -207,3 +214,16 @@ def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     return metrics
+
+
+def start_run(training_args: TrainingArguments, run_args: RunArguments, recipe: str) -> tuple[str | None, str | None]:
+    """What every recipe checks before loading data or a model; returns (checkpoint to resume, repo to push to).
+
+    Logging, the distributed backend actually asked for, a writable output_dir with room, the resume point (or a
+    refusal to overwrite an earlier run), and Hub write access when pushing.
+    """
+    setup_logging(training_args)
+    check_requested_backend(training_args, recipe=recipe)
+    check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
+    checkpoint = resolve_checkpoint(training_args, run_args)
+    return checkpoint, prepare_push(training_args)
