@@ -326,3 +326,38 @@ def test_decoder_classifier_gets_a_pad_token_and_pools_the_last_real_token(revie
         batch = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
         alone = torch.cat([model(**tokenizer([text], return_tensors="pt")).logits for text in texts])
     torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_under_two_processes_trains_and_saves_one_adapter(tiny_bert, reviews_csv, tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+
+    from transferkit.lora import label_kwargs
+
+    out = tmp_path / "lora2"
+    launch_two_processes(
+        "classify.py",
+        base_args(
+            tiny_bert,
+            reviews_csv,
+            out,
+            "--max_steps",
+            "4",
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--merge_adapter",
+            "true",
+            "--per_device_train_batch_size",
+            "4",
+        ),
+    )
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0 < results["trainable_params"] < results["total_params"]
+    adapter = AutoPeftModelForSequenceClassification.from_pretrained(out, **label_kwargs(out)).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
+    batch = AutoTokenizer.from_pretrained(out)(["great fun film", "dull plot"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
