@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     metrics = train_and_save(trainer, checkpoint)
     if lora_args.use_peft:
-        counts = save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer)
-        trainer.save_metrics("lora", counts)  # trainable / total parameters, also into all_results.json
-        metrics.update(counts)
+        metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
     if "validation" in tokenized:
         metrics.update(evaluate_and_save(trainer))
     if trainer.is_world_process_zero():

@@ -245,7 +245,7 @@ def save_lora_outputs(
     """Save the adapter (the head inside it, through modules_to_save) and the labels in output_dir; with `merge`,
     also a full model in output_dir/merged, merged on a copy so that the trained adapter model stays usable.
 
-    Returns the parameter counts, which the recipes report in all_results.json."""
+    Returns the parameter counts; with a Trainer they are also written to lora_results.json and all_results.json."""
     trainer = trainer_or_model if isinstance(trainer_or_model, Trainer) else None
     model = trainer.accelerator.unwrap_model(trainer.model) if trainer else trainer_or_model
     if merge and getattr(model.get_base_model(), "hf_quantizer", None) is not None:
@@ -255,6 +255,7 @@ def save_lora_outputs(
         )
     if trainer:
         trainer.save_model(output_dir)  # gathers sharded weights; writes on the main process only
+        trainer.save_metrics("lora", parameter_counts(model))  # also merged into all_results.json
         if not trainer.is_world_process_zero():
             return parameter_counts(model)
     else:
