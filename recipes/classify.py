@@ -40,7 +40,7 @@ from transferkit.models import ensure_pad_token, load_classifier, load_tokenizer
 from transferkit.preprocess import tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reliability import plan_run, print_plan
-from transferkit.reports import output_path, plot_training_curves, predict_and_report
+from transferkit.reports import predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import enable_throughput
 from transferkit.train import (
@@ -126,8 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(evaluate_and_save(trainer))
     if "test" in tokenized:
         metrics.update(predict_and_report(trainer, tokenized["test"], text_columns, spec))
-    if trainer.is_world_process_zero():
-        plot_training_curves(output_path(training_args.output_dir, "training_curves.png"), trainer.state.log_history)
     finish_run(
         trainer,
         repo_id=repo_id,
@@ -135,7 +133,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_args=model_args,
         data_args=data_args,
         metrics=metrics,
-        library_name="peft" if lora_args.use_peft else "transformers",
     )
     return metrics
 

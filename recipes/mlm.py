@@ -37,7 +37,6 @@ from transferkit.mlm_data import MLMCollator, tokenize_for_mlm
 from transferkit.models import load_masked_lm, load_tokenizer, resolve_max_seq_length
 from transferkit.publish import finish_run
 from transferkit.reliability import plan_run, print_plan
-from transferkit.reports import output_path, plot_training_curves
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import enable_throughput
@@ -120,8 +119,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
     if "validation" in tokenized:
         metrics.update(evaluate_and_save(trainer))
-    if trainer.is_world_process_zero():
-        plot_training_curves(output_path(training_args.output_dir, "training_curves.png"), trainer.state.log_history)
     finish_run(
         trainer,
         repo_id=repo_id,
@@ -129,7 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_args=model_args,
         data_args=data_args,
         metrics=metrics,
-        library_name="peft" if lora_args.use_peft else "transformers",
     )
     return metrics
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 
+from peft import PeftModel
 from transformers import Trainer, TrainingArguments
 
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.hub import check_push_access, push_output_dir, write_model_card
+from transferkit.reports import output_path, plot_training_curves
 
 logger = logging.getLogger(__name__)
 CARD_HYPERPARAMETERS = (
@@ -52,14 +54,18 @@ def finish_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     metrics: dict[str, float],
-    library_name: str = "transformers",
     extra_hyperparameters: dict | None = None,
 ) -> None:
-    """Write the model card into output_dir and, if asked, push output_dir; main process only, after all ranks."""
+    """Plot the training curves, write the model card (which embeds the plots) and, if asked, push output_dir.
+
+    Main process only, after every rank has finished; an adapter run (a PeftModel) gets a peft card.
+    """
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return
     args = trainer.args
+    plot_training_curves(output_path(args.output_dir, "training_curves.png"), trainer.state.log_history)
+    library_name = "peft" if isinstance(trainer.model, PeftModel) else "transformers"
     hyperparameters = {name: getattr(args, name) for name in CARD_HYPERPARAMETERS}
     hyperparameters.update({"max_seq_length": data_args.max_seq_length, **(extra_hyperparameters or {})})
     datasets = (
