@@ -13,7 +13,9 @@ Supports:
 
 Fails before training, with one message naming the thing and the fix, on: a missing file or unknown format, a
 text or label column that does not exist, an empty split, rows without a label, a validation/test label that
-training never saw, list labels in a single-label setting, max_seq_length above the model's limit.
+training never saw, list labels in a single-label setting, max_seq_length above the model's limit, malformed
+csv rows or JSON lines and bytes that are not UTF-8 (file and line), mixed label types, a tokenizer larger than
+the model's vocabulary (README: Bad input).
 
 Launch:
     python recipes/classify.py --config recipes/configs/quickstart/classify.yaml --train_file reviews.csv
@@ -36,7 +38,13 @@ from transferkit.errors import exit_on_user_error
 from transferkit.labels import class_weights
 from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
 from transferkit.metrics import build_compute_metrics, load_metric
-from transferkit.models import ensure_pad_token, load_classifier, load_tokenizer, resolve_max_seq_length
+from transferkit.models import (
+    check_tokenizer_fits,
+    ensure_pad_token,
+    load_classifier,
+    load_tokenizer,
+    resolve_max_seq_length,
+)
 from transferkit.preprocess import tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reliability import plan_run, print_plan
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
-    checkpoint, repo_id = start_run(training_args, run_args, recipe="classify")
+    checkpoint, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
 
     splits, text_columns, spec = load_classification_splits(
         data_args, model_args, cls_args.problem_type, training_args.seed
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)  # the new head's initial weights come from this seed
     model = load_classifier(model_args, spec)
     ensure_pad_token(tokenizer, model)
+    check_tokenizer_fits(tokenizer, model, model_args)
     if lora_args.use_peft:
         model = apply_lora(model, lora_args, "classification")
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
-    metrics = train_and_save(trainer, checkpoint)
+    metrics = train_and_save(trainer, checkpoint, push)
     if lora_args.use_peft:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
     if "validation" in tokenized:
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(predict_and_report(trainer, tokenized["test"], text_columns, spec))
     finish_run(
         trainer,
-        repo_id=repo_id,
+        push=push,
         task="text-classification",
         model_args=model_args,
         data_args=data_args,

@@ -1,22 +1,31 @@
-"""Continue masked-language-model pretraining of an encoder on your own unlabelled text (DAPT / TAPT).
+"""MLM or CLM continued pretraining on your own unlabelled text (DAPT / TAPT): masked-LM for an encoder
+(`objective: mlm`, the default), causal-LM (next-token prediction) for a decoder (`objective: clm`).
 
 Supports:
-- any AutoModelForMaskedLM checkpoint (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ModernBERT families), from the Hub
-  or a local folder; a checkpoint without an MLM head (a sentence encoder) gets a warning and `head_warmup_steps`;
+- any AutoModelForMaskedLM checkpoint (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ModernBERT families) for mlm, any
+  AutoModelForCausalLM decoder (GPT-2, Llama, Qwen, Mistral, ...) for clm, from the Hub or a local folder; a
+  checkpoint without an MLM head (a sentence encoder) gets a warning and `head_warmup_steps`;
 - text from the Hub or local txt / csv / tsv / json / jsonl / parquet files, folders or globs; `streaming: true`
   for corpora larger than memory (needs `max_steps`);
-- packed chunks of `max_seq_length` tokens with document separators (default), `line_by_line`, or chunks that end
-  at sentence boundaries (`sentence_chunks`, NLTK Punkt);
-- masking with `mlm_probability` and the 80/10/10 replacement ratios, optional whole-word masking; evaluation masks
-  fixed (seeded, 15%) so perplexity compares between runs and models;
-- the MLM head computed only at masked positions (`sparse_head`, on by default; same loss, about 2x faster);
-- outputs: model + tokenizer, all_results.json (eval loss, perplexity, masked-token accuracy), training curves.
+- packed chunks of `max_seq_length` tokens with document separators ([CLS]/[SEP] for mlm, EOS for clm; default),
+  `line_by_line`, or chunks that end at sentence boundaries (`sentence_chunks`, NLTK Punkt);
+- mlm: masking with `mlm_probability` and the 80/10/10 replacement ratios, optional whole-word masking; evaluation
+  masks fixed (seeded, 15%) so perplexity compares between runs and models; the MLM head computed only at masked
+  positions (`sparse_head`, on by default; same loss, about 2x faster);
+- clm: labels are the inputs (padding excluded, EOS kept); a tokenizer without a pad token pads with EOS;
+- LoRA (`use_peft`), both objectives;
+- outputs: model + tokenizer, all_results.json (eval loss, perplexity, masked- or next-token accuracy), training
+  curves, a model card (fill-mask or text-generation).
 
 Fails before training on: an empty corpus, no text column, streaming without max_steps, max_seq_length above the
-model's limit, mlm_probability outside (0, 1), whole-word masking with a slow tokenizer, a decoder-only model.
+model's limit, mlm_probability outside (0, 1), whole-word masking with a slow tokenizer, masking options with clm,
+an objective the model has no head for (a decoder given mlm, an encoder given clm: the error names the right one),
+malformed csv rows or JSON lines and bytes that are not UTF-8 (file and line), a tokenizer larger than the model's
+vocabulary (README: Bad input).
 
 Launch:
     python recipes/mlm.py --model_name_or_path bert-base-uncased --train_file corpus/ --output_dir outputs/dapt
+    python recipes/mlm.py --objective clm --model_name_or_path gpt2 --train_file corpus/ --output_dir outputs/clm
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/mlm.py --config my_mlm.yaml
     accelerate launch -m transferkit.recipes.mlm --config my_mlm.yaml      # from an installed wheel
 """
@@ -33,8 +42,14 @@ from transferkit.data import load_corpus_splits
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
-from transferkit.mlm_data import MLMCollator, tokenize_for_mlm
-from transferkit.models import load_masked_lm, load_tokenizer, resolve_max_seq_length
+from transferkit.mlm_data import lm_collator, next_token_accuracy, tokenize_for_mlm
+from transferkit.models import (
+    check_tokenizer_fits,
+    ensure_pad_token,
+    load_language_model,
+    load_tokenizer,
+    resolve_max_seq_length,
+)
 from transferkit.publish import finish_run
 from transferkit.reliability import plan_run, print_plan
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
@@ -52,6 +67,7 @@ from transferkit.train import (
 )
 
 logger = logging.getLogger("transferkit.recipes.mlm")
+CARD_TASKS = {"mlm": "fill-mask", "clm": "text-generation"}
 
 # Columns are chosen by the recipe (input ids, masks, offsets for whole-word masking), so Trainer must not drop
 # the ones the model's forward does not name.
@@ -81,19 +97,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true reads the corpus once, with no length known: set max_steps.")
-    checkpoint, repo_id = start_run(training_args, run_args, recipe="mlm")
+    checkpoint, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
 
     splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)
-    model = load_masked_lm(model_args)
+    model = load_language_model(model_args, mlm_args.objective)
+    clm = mlm_args.objective == "clm"
+    if clm:
+        ensure_pad_token(tokenizer, model, padding_side=None)  # decoders ship without one; CLMCollator pads right
+    check_tokenizer_fits(tokenizer, model, model_args)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_mlm(splits, tokenizer, text_columns, max_seq_length, data_args, mlm_args, training_args)
-    if mlm_args.sparse_head:
+    sparse_head = mlm_args.sparse_head and not clm
+    if sparse_head:
         enable_sparse_mlm_head(model)
     if lora_args.use_peft:
-        model = apply_lora(model, lora_args, "mlm")
+        model = apply_lora(model, lora_args, mlm_args.objective)
     disable_eval_without_split(training_args, "validation" in tokenized)
     log_run_plan(tokenized, training_args)
 
@@ -104,25 +125,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=MLMCollator(tokenizer, mlm_args),
-        compute_metrics=masked_token_accuracy,
+        data_collator=lm_collator(tokenizer, mlm_args),
+        compute_metrics=next_token_accuracy if clm else masked_token_accuracy,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=callbacks if mlm_args.head_warmup_steps else [],
     )
     check_requested_backend(trainer, recipe="mlm")
-    enable_throughput(trainer, output_head_fraction=mlm_args.mlm_probability if mlm_args.sparse_head else 1.0)
+    enable_throughput(trainer, output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
-    metrics = train_and_save(trainer, checkpoint)
+    metrics = train_and_save(trainer, checkpoint, push)
     if lora_args.use_peft:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
     if "validation" in tokenized:
         metrics.update(evaluate_and_save(trainer))
     finish_run(
         trainer,
-        repo_id=repo_id,
-        task="fill-mask",
+        push=push,
+        task=CARD_TASKS[mlm_args.objective],
         model_args=model_args,
         data_args=data_args,
         metrics=metrics,

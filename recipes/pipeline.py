@@ -1,5 +1,7 @@
-"""Adapt, then finetune: MLM continued pretraining (stage 1), classification from the adapted model (stage 2), and
-optionally the same classification from the base model, with a report of what the adaptation bought.
+"""Adapt, then finetune: MLM or CLM continued pretraining (stage 1), classification from the adapted model (stage 2),
+and optionally the same classification from the base model, with a report of what the adaptation bought.
+Encoders adapt with masked-LM (the default); decoders (GPT-2, Llama, ...) with `adapt: {objective: clm}`, and are
+then finetuned as decoder classifiers (last-token pooling, EOS as pad token).
 
 Config: one YAML with the pipeline's keys and one section per stage, each holding that recipe's own keys:
 
@@ -8,12 +10,15 @@ Config: one YAML with the pipeline's keys and one section per stage, each holdin
     compare_with_base: true       # also finetune the base model, same seed and hyperparameters
     shared: {seed: 42}            # keys given to every stage
     adapt: {max_steps: 300}       # recipes/mlm.py keys; no train_file / dataset_name = TAPT on the task's texts
+                                  # (a decoder base_model: adapt: {objective: clm, max_steps: 300})
     classify: {train_file: reviews.csv, num_train_epochs: 3}   # recipes/classify.py keys
 
 TAPT (no corpus in `adapt`) pretrains on the texts of the classification *train* split only, as carved with the
 same seed, so no validation or test text is seen in stage 1. DAPT: give `adapt` its own train_file or dataset.
 Each stage writes its resolved config as <output_dir>/<stage>.yaml; a finished stage (all_results.json present) is
 not run again when the pipeline is restarted. The comparison lands in comparison.md and comparison.json.
+Publishing: `push_to_hub: true` with a `hub_model_id` in `adapt` and/or `classify` pushes that stage (the adapted
+encoder, the finetuned classifier); the baseline is never pushed. The token comes from HF_TOKEN, not hub_token.
 
 Launch:
     python recipes/pipeline.py --config recipes/configs/quickstart/pipeline.yaml --classify.train_file reviews.csv
@@ -114,7 +119,27 @@ def plan_stages(config: dict) -> dict[str, dict]:
     for name, stage in stages.items():
         stage["keys"]["output_dir"] = os.path.join(out, name)
         stage["keys"].setdefault("resume_from_checkpoint", "auto")  # a killed stage continues where it stopped
+    check_publishing(stages)
     return stages
+
+
+def check_publishing(stages: dict[str, dict]) -> None:
+    """Which stages push: adapt and finetune, each when its keys (or `shared`) set push_to_hub, to its own
+    hub_model_id; the baseline never (a comparison, not a deliverable). No hub_token: stage configs land in output_dir,
+    so the token comes from HF_TOKEN or `hf auth login`."""
+    if "baseline" in stages:
+        stages["baseline"]["keys"]["push_to_hub"] = False
+        stages["baseline"]["keys"].pop("hub_merged_model_id", None)
+    repos = {}
+    for name, stage in stages.items():
+        if "hub_token" in stage["keys"]:
+            raise TransferKitError("The pipeline writes stage configs to output_dir: remove hub_token, set HF_TOKEN.")
+        if stage["keys"].get("push_to_hub"):
+            repo = stage["keys"].get("hub_model_id")
+            if not repo or repo in repos.values():
+                section = "classify" if name == "finetune" else name
+                raise TransferKitError(f"Stage {name} pushes: give it its own hub_model_id (in `{section}`).")
+            repos[name] = repo
 
 
 def tapt_corpus_path(output_dir: str) -> str:

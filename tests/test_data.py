@@ -9,7 +9,9 @@ import pytest
 
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.data import (
+    _is_utf8,
     carve_splits,
+    check_data_file,
     drop_duplicate_texts,
     load_classification_splits,
     load_raw_datasets,
@@ -141,3 +143,56 @@ def test_carve_splits_without_classlabel_is_not_stratified(tmp_path):
     raw = load_raw_datasets(args(train_file=write_rows(tmp_path / "t.csv")), MODEL)
     splits = carve_splits(raw, args(train_file="x", validation_split_percentage=20), seed=0, stratify_column="label")
     assert len(splits["validation"]) == 6
+
+
+def test_csv_check_accepts_what_pandas_reads_right(tmp_path):
+    """Quoted commas, doubled quotes, a text spanning lines and blank lines are valid csv: no false alarms."""
+    path = tmp_path / "ok.csv"
+    path.write_text('text,label\n"good, really",pos\n"he said ""dull""",neg\n"two\nlines",pos\n\nfine,pos\n')
+    check_data_file(str(path), "train_file", "csv")
+    rows = load_raw_datasets(args(train_file=str(path)), MODEL)["train"]
+    assert rows["text"] == ["good, really", 'he said "dull"', "two\nlines", "fine"]
+
+
+def test_tsv_row_with_an_extra_tab(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("text\tlabel\ngood\tpos\ngood\tfilm\tpos\n")
+    with pytest.raises(TransferKitError, match=r"t\.tsv line 3 has 3 fields where the header has 2 .* holds a tab"):
+        load_raw_datasets(args(train_file=str(path)), MODEL)
+
+
+def test_utf8_check_across_chunk_boundaries(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("café crème brûlée\n" * 50, encoding="utf-8")
+    assert _is_utf8(str(path), chunk_size=3)  # multi-byte characters split between reads are not errors
+    path.write_bytes(path.read_bytes() + "naïve\n".encode("latin1"))
+    assert not _is_utf8(str(path), chunk_size=3)
+    with pytest.raises(TransferKitError, match=r"t\.txt line 51 \(byte 1102\) is not UTF-8: b'\\xefve\\n'"):
+        check_data_file(str(path), "train_file", "text")
+
+
+def test_json_checks(tmp_path):
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text('{\n  "text": "a good film",\n  "label": "pos"\n}\n')
+    check_data_file(str(pretty), "train_file", "json")  # one document over several lines is not JSON lines
+    listed = tmp_path / "list.json"
+    listed.write_text('[{"text": "a", "label": "pos"}, "b"]')
+    with pytest.raises(TransferKitError, match=r"list\.json item 1 of the list is a str, not an object: 'b'"):
+        check_data_file(str(listed), "train_file", "json")
+
+
+def test_stream_head_check(tmp_path):
+    """A stream is checked over its first lines only; a head that ends inside a quoted field is not an error."""
+    path = tmp_path / "t.csv"
+    path.write_text('text\n"starts here\nand goes on"\nfine\nbad,row\n')
+    check_data_file(str(path), "train_file", "csv", max_lines=3)
+    with pytest.raises(TransferKitError, match=r"t\.csv line 5 has 2 fields"):
+        check_data_file(str(path), "train_file", "csv", max_lines=5)
+
+
+def test_blank_texts_are_dropped_with_a_count(tmp_path, caplog):
+    rows = ROWS + [{"text": "   ", "label": "pos"}, {"text": "", "label": "neg"}]
+    data_args = args(train_file=write_rows(tmp_path / "t.csv", rows), validation_split_percentage=0)
+    splits, _, _ = load_classification_splits(data_args, MODEL, None, seed=0)
+    assert len(splits["train"]) == 30
+    assert "Dropped 2 rows of the train split with an empty text" in caplog.text

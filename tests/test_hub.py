@@ -35,8 +35,10 @@ from transferkit.hub import (
     PushError,
     build_model_card,
     check_push_access,
+    push_checkpoint,
     push_main,
     push_output_dir,
+    select_files,
     write_model_card,
 )
 
@@ -281,3 +283,85 @@ def test_files_holding_the_token_are_not_uploaded(hub_server: HubServer, tmp_pat
     push_output_dir(out, "tester/leaky", backoff_s=0)
     assert set(hub_server.repos["tester/leaky"].files) == {".gitattributes", "config.json"}
     assert "not uploading notes.txt" in caplog.text and hub_server.token not in caplog.text
+
+
+def _checkpoint(folder: Path, step: int, extra: dict[str, bytes] | None = None) -> Path:
+    """A Trainer-like checkpoint: model files plus the state only a resumed run needs."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    files = {"config.json": b"{}", "model.safetensors": b"weights %d" % step, "optimizer.pt": b"adam",
+             "scheduler.pt": b"lr", "rng_state.pth": b"rng", "trainer_state.json": b'{"global_step": %d}' % step,
+             "training_args.bin": b"args", "README.md": b"peft's card", **(extra or {})}  # fmt: skip
+    for name, data in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
+    return path
+
+
+def test_push_checkpoint_strategies(hub_server: HubServer, tmp_path: Path) -> None:
+    state = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}
+    first = _checkpoint(tmp_path / "a", 1, {"global_step1/shard.pt": b"zero"})
+    push_checkpoint(first, "tester/ckpt", strategy="checkpoint")
+    second = _checkpoint(tmp_path / "a", 2)
+    push_checkpoint(second, "tester/ckpt", strategy="checkpoint")
+    files = hub_server.repos["tester/ckpt"].files
+    assert files["model.safetensors"] == b"weights 2" and not state & set(files) and "README.md" not in files
+    last = {path.removeprefix("last-checkpoint/") for path in files if path.startswith("last-checkpoint/")}
+    assert last == state | {"config.json", "model.safetensors", "README.md"}  # the stale shard folder is gone
+    assert files["last-checkpoint/trainer_state.json"] == b'{"global_step": 2}'
+
+    push_checkpoint(first, "tester/all", strategy="all_checkpoints")
+    push_checkpoint(second, "tester/all", strategy="all_checkpoints", revision="run-1")
+    repo = hub_server.repos["tester/all"]
+    on_branch = repo.commits[repo.branches["run-1"]]
+    assert {"checkpoint-1/optimizer.pt", "checkpoint-1/global_step1/shard.pt", "checkpoint-2/optimizer.pt"} <= set(
+        on_branch
+    )
+    push_checkpoint(second, "tester/every", strategy="every_save")
+    assert set(hub_server.repos["tester/every"].files) == {".gitattributes", "config.json", "model.safetensors"}
+    with pytest.raises(TransferKitError, match="strategy must be one of"):
+        push_checkpoint(second, "tester/every", strategy="end")
+
+
+def test_merged_folder_is_not_pushed_with_the_adapter(tmp_path: Path) -> None:
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "model.safetensors").write_bytes(b"merged weights")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"adapter")
+    assert [p.name for p in select_files(tmp_path)] == ["adapter_model.safetensors"]
+    assert [p.name for p in select_files(tmp_path / "merged")] == ["model.safetensors"]
+
+
+def test_load_by_hub_id_with_a_pinned_revision_then_offline_from_the_cache(
+    hub_server: HubServer, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as constants
+
+    from transferkit.arguments import ModelArguments
+    from transferkit.models import load_config, load_pretrained, load_tokenizer
+
+    push_output_dir(run_dir, REPO, backoff_s=0)
+    first = hub_server.repos[REPO].branches["main"]
+    changed = AutoModelForSequenceClassification.from_pretrained(run_dir)
+    with torch.no_grad():
+        changed.classifier.bias += 1.0
+    changed.save_pretrained(run_dir)
+    push_output_dir(run_dir, REPO, backoff_s=0)  # main moves on; `first` still names the old weights
+
+    def load(revision: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+        args = ModelArguments(model_name_or_path=REPO, model_revision=revision)
+        assert args.trust_remote_code is False  # off unless set
+        model = load_pretrained(AutoModelForSequenceClassification, args, load_config(args)).eval()
+        return model, load_tokenizer(args)
+
+    old, tokenizer = load(first)
+    new, _ = load("main")
+    torch.testing.assert_close(_logits(new, tokenizer) - _logits(old, tokenizer), torch.ones(len(TEXTS), 2))
+    assert old.config.transferkit_lineage == [REPO]
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
+    seen = len(hub_server.requests)
+    cached, _ = load(first)
+    torch.testing.assert_close(_logits(cached, tokenizer), _logits(old, tokenizer))
+    assert len(hub_server.requests) == seen  # served from the cache alone
+    with pytest.raises(TransferKitError, match="never-downloaded'.*couldn't find them in the cached files"):
+        load_tokenizer(ModelArguments(model_name_or_path="tester/never-downloaded"))

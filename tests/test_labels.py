@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Json, Value
 
 from transferkit.errors import TransferKitError
-from transferkit.labels import MULTI, REGRESSION, SINGLE, class_weights, encode_labels, infer_label_spec
+from transferkit.labels import (
+    MULTI,
+    REGRESSION,
+    SINGLE,
+    check_labels_present,
+    class_weights,
+    encode_labels,
+    infer_label_spec,
+)
 
 
 def splits(train: list, validation: list | None = None, features=None) -> DatasetDict:
@@ -16,6 +24,13 @@ def splits(train: list, validation: list | None = None, features=None) -> Datase
             {"text": ["x"] * len(validation), "label": validation}, features=features
         )
     return DatasetDict(parts)
+
+
+def json_labels(labels: list) -> Dataset:
+    return Dataset.from_list(
+        [{"text": "x", "label": label} for label in labels],
+        features=Features({"text": Value("string"), "label": Json()}),
+    )
 
 
 def test_string_labels_single_label_sorted():
@@ -67,8 +82,63 @@ def test_unseen_validation_label_is_named():
 
 
 def test_rows_without_label():
-    with pytest.raises(TransferKitError, match=r"1 rows of the train split have no value in 'label' \(first: row 1\)"):
+    with pytest.raises(
+        TransferKitError, match=r"1 rows of the train split have no value in 'label' \(first: data row 2"
+    ):
         infer_label_spec(splits(["pos", None, "neg"]), "label", None)
+
+
+def test_missing_label_names_the_file_row_and_text_and_skips_blank_texts():
+    data = Dataset.from_dict({"text": ["good", "   ", "dull", "fun"], "label": ["pos", None, "", "pos"]})
+    with pytest.raises(TransferKitError) as info:
+        check_labels_present(data, "label", "train", ["text"], source="reviews.csv")
+    message = str(info.value)  # the blank-text row 2 is dropped later with a count, so only row 3 counts
+    assert message.startswith("1 rows of the train split (reviews.csv) have no value in 'label' (first: data row 3")
+    assert "text 'dull'" in message
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        (
+            [0, 1, 1, "pos"],
+            r"mixes label types: numbers \(3 values, e.g. 0 in data row 1\), text \(1 value, e.g. 'pos'",
+        ),
+        (
+            [0.5, "n/a", 1.5],
+            r"numbers \(2 values, e.g. 0.5 in data row 1\), text \(1 value, e.g. 'n/a' in data row 2\)",
+        ),
+        ([True, False, "maybe"], r"booleans \(2 values, e.g. True in data row 1\), text"),
+        ([["a"], "b", ["c"]], r"mixes lists of labels and single labels: lists \(2 values.*text \(1 value, e.g. 'b'"),
+        (
+            [["a"], ["b", 1]],
+            r"mixes label types: text \(2 values, e.g. 'a' in data row 1\), numbers \(1 value, e.g. 1 in data row 2\)",
+        ),
+    ],
+)
+def test_mixed_label_types_are_refused(train, expected):
+    data = DatasetDict({"train": json_labels(train)})  # as a JSON lines file with such labels loads
+    with pytest.raises(TransferKitError, match=expected):
+        infer_label_spec(data, "label", None)
+
+
+def test_mixed_class_names_pass_when_single_label_is_asked_for():
+    with pytest.raises(TransferKitError, match=r"numbers \(2 values, e.g. '1' in data row 1\), text \(2 values"):
+        infer_label_spec(splits(["1", "0", "pos", "neg"]), "label", None)  # a csv column: all strings
+    spec = infer_label_spec(splits(["1", "0", "unsure", "1"]), "label", SINGLE)
+    assert spec.names == ("0", "1", "unsure")
+    assert infer_label_spec(splits(["1", "2", "2"]), "label", None).names == ("1", "2")  # numbers as text: one kind
+
+
+def test_regression_needs_numbers_in_every_split():
+    with pytest.raises(TransferKitError, match=r"regression but 'label' in the train split holds text \(2 values"):
+        infer_label_spec(splits(["pos", "neg"]), "label", REGRESSION)
+    with pytest.raises(TransferKitError, match=r"'label' in the validation split holds numbers .*text \(1 value"):
+        infer_label_spec(
+            DatasetDict({"train": json_labels([0.5, 1.5]), "validation": json_labels([0.2, "high"])}),
+            "label",
+            REGRESSION,
+        )
 
 
 def test_list_labels_in_single_label_setting():
@@ -83,7 +153,17 @@ def test_missing_label_column_lists_columns():
 
 def test_rare_label_warns(caplog):
     infer_label_spec(splits(["pos"] * 300 + ["neg"] * 300 + ["pso"]), "label", None)
-    assert "Label 'pso' has only 1 training rows" in caplog.text
+    assert "Label 'pso' has only 1 training rows (largest class: 300). Did you mean 'pos' (300 rows)?" in caplog.text
+
+
+def test_label_typo_warns_in_a_small_dataset_too(caplog):
+    """Under 1% of the largest class is never reached with 40 rows a class; a close spelling is enough."""
+    infer_label_spec(splits(["pos"] * 40 + ["neg"] * 40 + ["Neg", "neg "]), "label", None)
+    assert "Label 'Neg' has only 1 training rows (largest class: 40). Did you mean 'neg' (40 rows)?" in caplog.text
+    assert "Label 'neg ' has only 1 training rows" in caplog.text
+    caplog.clear()
+    infer_label_spec(splits(["pos"] * 40 + ["neg"] * 40 + ["mixed"] * 3), "label", None)  # a small real class
+    assert "mixed" not in caplog.text
 
 
 def test_class_weights_auto_and_explicit():

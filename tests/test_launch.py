@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("cpu_ddp", "single_gpu", "multi_gpu", "fsdp", "zero2", "zero3", "multi_node")
 ACCELERATE_YAMLS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
 RECIPE_YAMLS = sorted((REPO / "recipes" / "configs").glob("*/*.yaml"))
+MODEL_CONFIG_DIRS = ("bert-base-uncased", "roberta-base", "modernbert-base")
 
 
 def test_discovery_finds_the_repository_folders():
@@ -52,11 +53,61 @@ def test_fsdp_config_is_fsdp2_with_layer_wrap_and_full_state_dict():
     assert zero3["zero_stage"] == 3 and zero3["zero3_save_16bit_model"] is True
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails loudly: what validate does must not depend on the Hub being reachable."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validate tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.mark.parametrize("path", RECIPE_YAMLS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_shipped_recipe_config_validates(path):
+def test_shipped_recipe_config_validates_offline(path, no_network):
     kind, notes = launch.validate_file(str(path))
     assert kind.startswith("recipe config for ")
-    assert all("pass --" in note or "checked as if" in note for note in notes), notes
+    expected = ("pass --", "checked as if", "not loaded here (validate works offline)")
+    assert all(any(text in note for text in expected) for note in notes), notes
+    if path.parent.name in MODEL_CONFIG_DIRS:  # complete configs: nothing left to the command line
+        config = yaml.safe_load(path.read_text())
+        assert not [note for note in notes if "pass --" in note], notes
+        assert f"Hub model {config['model_name_or_path']}" in " ".join(notes)
+
+
+@pytest.mark.parametrize("model_dir", MODEL_CONFIG_DIRS)
+def test_model_configs_cover_both_recipes_full_and_lora(model_dir):
+    names = sorted(path.stem for path in (REPO / "recipes" / "configs" / model_dir).glob("*.yaml"))
+    assert names == ["classify", "classify_lora", "mlm", "mlm_lora"]
+    for name in names:
+        config = yaml.safe_load((REPO / "recipes" / "configs" / model_dir / f"{name}.yaml").read_text())
+        assert config.get("use_peft", False) == name.endswith("_lora")
+        assert "/" in config["model_name_or_path"]  # a namespaced Hub id: these configs are for online use
+
+
+GLOBAL_BATCH = re.compile(r"(\d+) GPUs?[^:]*: (\d+) x (\d+) x (\d+) = (\d+)( with the override)?")
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPE_YAMLS if p.parent.name in MODEL_CONFIG_DIRS], ids=str)
+def test_model_config_header_gives_launch_batch_arithmetic_citation_and_placeholder(path):
+    """The header's launch commands name the config, its batch arithmetic adds up and matches the file."""
+    header = "\n".join(launch.header_comment(path))
+    name = f"{path.parent.name}/{path.stem}"
+    recipe = path.stem.split("_")[0]
+    assert f"transferkit run {recipe} --accelerate_config single_gpu --config {name}" in header
+    assert f"transferkit run {recipe} --accelerate_config multi_gpu --config {name}" in header
+    assert re.search(r"et al\. 20\d\d", header) and "Hyperparameters:" in header
+    assert "PLACEHOLDER" in header and "PLACEHOLDER" in path.read_text().split("\n", len(header.splitlines()))[-1]
+    config = yaml.safe_load(path.read_text())
+    batches = GLOBAL_BATCH.findall(header)
+    assert {int(gpus) for gpus, *_ in batches} == {1, 8}, batches
+    for gpus, per_device, accumulation, processes, total, override in batches:
+        assert int(per_device) * int(accumulation) * int(processes) == int(total) and gpus == processes
+        if not override:  # the numbers of the file itself
+            assert int(per_device) == config["per_device_train_batch_size"]
+            assert int(accumulation) == config.get("gradient_accumulation_steps", 1)
 
 
 def test_ls_lists_recipes_and_both_kinds_of_config(capsys):
@@ -64,6 +115,9 @@ def test_ls_lists_recipes_and_both_kinds_of_config(capsys):
     out = capsys.readouterr().out
     assert "classify  Finetune a pretrained encoder" in out
     assert re.search(r"\n  quickstart/classify +Quickstart:", out)
+    for model_dir in MODEL_CONFIG_DIRS:
+        for name in ("classify", "classify_lora", "mlm", "mlm_lora"):
+            assert re.search(rf"\n  {model_dir}/{name} +\S", out), (model_dir, name)
     for name in SHIPPED:
         assert f"\n  {name} " in out
     assert re.search(r"\n  cpu_ddp +2-process data-parallel training", out)
@@ -130,12 +184,63 @@ def test_run_a_copied_script_and_a_config_path(tmp_path, capsys):
         main(["run", "classify", "--accelerate_config", "fsdp2", "--dry_print"])
 
 
+def test_run_refuses_a_deepspeed_config_without_deepspeed(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(launch, "deepspeed_installed", lambda: False)
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("must not launch"))
+    with pytest.raises(TransferKitError, match="DeepSpeed is not installed: python -m pip install --no-build-isol"):
+        main(["run", "classify", "--accelerate_config", "zero2", "--config", "quickstart/classify"])
+    assert main(["validate", str(REPO / "accelerate_configs" / "zero3.yaml")]) == 0
+    assert "note: DeepSpeed is not installed here" in capsys.readouterr().out
+    main(["run", "classify", "--accelerate_config", "cpu_ddp", "--dry_print"])  # other configs are not concerned
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    command = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f"```bash\n{command}\n```" in readme
+    assert "pip install --no-build-isolation deepspeed" in command  # tests/test_deepspeed.py runs, not skips
+
+
+def test_validate_names_the_hub_ids_it_leaves_to_the_launch(tmp_path, tiny_bert):
+    assert launch.hub_notes({"model_name_or_path": tiny_bert, "dataset_name": None}) == []  # a local folder
+    assert launch.hub_notes({"model_name_or_path": "outputs/pipeline/adapt"}) == []  # made at run time, not a Hub id
+    notes = launch.hub_notes({"model_name_or_path": "FacebookAI/roberta-base", "dataset_name": "fancyzhx/ag_news"})
+    assert notes == [
+        "Hub model FacebookAI/roberta-base and dataset fancyzhx/ag_news: not loaded here (validate works offline); "
+        "--dry_run true at launch loads them"
+    ]
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_recipe_and_accelerate_config(tmp_path):
+    """package-data: a wheel built from the sources (copied: the build writes next to them) holds every config."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("plugin", "recipes", "accelerate_configs"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source)]
+    result = subprocess.run([*command, "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("transferkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in RECIPE_YAMLS:
+        assert f"transferkit/recipes/configs/{path.parent.name}/{path.name}" in names
+    for path in ACCELERATE_YAMLS:
+        assert f"transferkit/accelerate_configs/{path.name}" in names
+
+
 def test_run_refuses_a_gpu_config_without_gpus(monkeypatch, capsys):
     monkeypatch.setattr(launch, "gpu_available", lambda: False)
     monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("must not launch"))
     for name in ("fsdp", "multi_gpu", "single_gpu", "zero3"):
-        with pytest.raises(TransferKitError, match="is a GPU config .* this machine has no GPU"):
+        with pytest.raises(TransferKitError, match="is a GPU config .* this machine has no GPU") as info:
             main(["run", "classify", "--accelerate_config", name, "--config", "quickstart/classify"])
+        assert ("DeepSpeed runs on CPUs too: copy zero3.yaml, set use_cpu" in str(info.value)) == (name == "zero3")
     assert main(["run", "classify", "--accelerate_config", "fsdp", "--dry_print"]) == 0  # prints, and warns
     assert "warning:" in capsys.readouterr().err
     launched = []

@@ -119,3 +119,69 @@ def launch_two_processes(recipe_file: str, args: list[str]) -> subprocess.Comple
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+# -- tiny decoders: a word-level tokenizer with EOS and no pad token (as GPT-2 and Llama ship), GPT-2, Llama ----------
+DECODER_WORDS = [word for word in WORDS if not word.startswith("##")]
+
+
+def build_decoder_tokenizer(llama_style: bool = False):
+    """A fast word-level tokenizer without a pad token. GPT-2 style: one <|endoftext|> token for BOS/EOS/UNK, nothing
+    added to a text. Llama style: <unk>, <s>, </s>, and <s> put before every text (add_bos_token)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"] if llama_style else ["<|endoftext|>"]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + DECODER_WORDS)}, unk_token=specials[0]))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if llama_style:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+        )
+        names = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+    else:
+        names = dict.fromkeys(("unk_token", "bos_token", "eos_token"), "<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=64, **names)
+
+
+def save_tiny_decoder(directory: str, kind: str = "gpt2", seed: int = 0) -> str:
+    """A tiny GPT2LMHeadModel or LlamaForCausalLM + its tokenizer in `directory`, no pad token in either (as shipped);
+    loads as CausalLM or (new `score` head) SequenceClassification."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = build_decoder_tokenizer(llama_style=kind == "llama")
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if kind == "gpt2":
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            **ids,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            summary_first_dropout=0.0,
+        )
+        model = GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            **ids,
+        )  # grouped-query attention, untied LM head: the Llama layout
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(f"kind must be gpt2 or llama, got {kind!r}")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

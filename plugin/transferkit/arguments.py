@@ -144,8 +144,21 @@ class RunArguments:
     min_free_disk_gb: float = field(default=1.0, **_help("Fail early when output_dir's disk has less free space."))
 
 
+OBJECTIVES = ("mlm", "clm")
+MLM_ONLY = ("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_mask", "head_warmup_steps")
+
+
 @dataclass
 class MLMArguments:
+    """Options of recipes/mlm.py: continued pretraining, masked (encoders) or causal (decoders)."""
+
+    objective: str = field(
+        default="mlm",
+        **_help(
+            "mlm: masked-LM continued pretraining of an encoder (BERT, RoBERTa, ...); clm: causal-LM (next-token) "
+            "continued pretraining of a decoder (GPT-2, Llama, Qwen, ...). The masking options apply to mlm only."
+        ),
+    )
     mlm_probability: float = field(default=0.15, **_help("Share of tokens masked in each training sequence."))
     mask_replace_prob: float = field(default=0.8, **_help("Of the masked tokens, the share replaced by [MASK]."))
     random_replace_prob: float = field(
@@ -169,7 +182,7 @@ class MLMArguments:
     )
     sparse_head: bool = field(
         default=True,
-        **_help("Compute the MLM head only at masked positions (same loss, ~2x faster on small encoders)."),
+        **_help("Compute the MLM head only at masked positions (same loss, ~2x faster on small encoders); mlm only."),
     )
     head_warmup_steps: int = field(
         default=0,
@@ -177,6 +190,14 @@ class MLMArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TransferKitError(
+                f"objective must be one of {OBJECTIVES} (masked or causal LM), got {self.objective!r}."
+            )
+        # A decoder reads every token and predicts the next one: masking options would be silently ignored.
+        changed = [name for name in MLM_ONLY if getattr(self, name) != self.__dataclass_fields__[name].default]
+        if self.objective == "clm" and changed:
+            raise TransferKitError(f"{', '.join(changed)} only apply to objective: mlm; remove them for clm.")
         if not 0 < self.mlm_probability < 1:
             raise TransferKitError(f"mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}.")
         for name in ("mask_replace_prob", "random_replace_prob"):

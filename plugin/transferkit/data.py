@@ -6,7 +6,11 @@ misspelt column never costs a tokenization pass or a model download.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import glob
+import itertools
+import json
 import logging
 import os
 
@@ -14,7 +18,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict, load
 
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.errors import TransferKitError
-from transferkit.labels import LabelSpec, encode_labels, infer_label_spec
+from transferkit.labels import LabelSpec, check_labels_present, encode_labels, infer_label_spec
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ FORMATS = {
     ".txt": "text",
 }
 TABLE_FORMATS = tuple(ext for ext in FORMATS if ext != ".txt")
+STREAM_CHECK_LINES = 10_000  # a streamed corpus is too large to read twice: its head is checked
 DEFAULT_TEXT_COLUMNS = (["text"], ["sentence1", "sentence2"], ["sentence"])
 
 
@@ -94,17 +99,142 @@ def _load_local_split(spec: str, option: str, extensions: tuple[str, ...], cache
     files = resolve_data_files(spec, option, extensions)
     extension = os.path.splitext(files[0])[1].lower()
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+    file_format = FORMATS[extension]
+    # pandas reads a row with an unclosed quote without complaint (it swallows the rows after it), pyarrow loads
+    # bytes that are not UTF-8 and fails only when a row is read, and a stream fails only once training reaches
+    # the bad row: so files are checked first (csv rows always; everything in the head of a stream).
+    head = STREAM_CHECK_LINES if streaming else None
+    for path in files:
+        check_data_file(path, option, file_format, head, structure=file_format == "csv" or streaming)
     try:
         return load_dataset(
-            FORMATS[extension],
+            file_format,
             data_files={"data": files},
             split="data",
             cache_dir=cache_dir,
             streaming=streaming,
             **kwargs,
         )
-    except Exception as err:  # datasets raises many types for unreadable files; name the file instead
+    except Exception as err:  # datasets raises many types for unreadable files; find the file and the line
+        for path in files:
+            check_data_file(path, option, file_format)
         raise TransferKitError(f"{option}: could not read {spec} as {extension.lstrip('.')}: {err}") from err
+
+
+def check_data_file(
+    path: str, option: str, file_format: str, max_lines: int | None = None, structure: bool = True
+) -> None:
+    """Raise a TransferKitError naming the line, what is wrong there and the fix, if `path` is not well-formed.
+
+    datasets reports a bad file deep inside pyarrow or pandas, often without the file or the line. This checks
+    the encoding (UTF-8) and, with `structure`, reads the file with the standard library (the csv module
+    strictly, json per line), up to `max_lines` lines.
+    """
+    problem = None if file_format == "parquet" else _utf8_problem(path, max_lines)
+    if problem is None and structure and file_format in ("csv", "json"):
+        problem = (_csv_problem if file_format == "csv" else _json_problem)(path, max_lines)
+    if problem is not None:
+        raise TransferKitError(f"{option}: {path} {problem}")
+
+
+def _excerpt(line: str | bytes) -> str:
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    text = text.rstrip("\r\n")
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _is_utf8(path: str, chunk_size: int = 1 << 24) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as handle:
+        try:
+            while chunk := handle.read(chunk_size):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _utf8_problem(path: str, max_lines: int | None) -> str | None:
+    if max_lines is None and _is_utf8(path):  # the fast path, at the speed of a disk read
+        return None
+    with open(path, "rb") as handle:
+        offset = 0
+        for number, line in enumerate(itertools.islice(handle, max_lines), 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                source = "utf-16" if line.startswith((b"\xff\xfe", b"\xfe\xff")) else "latin1"
+                return (
+                    f"line {number} (byte {offset + err.start}) is not UTF-8: {line[err.start : err.start + 4]!r} "
+                    f"in {_excerpt(line)}. Re-encode the file as UTF-8, e.g. iconv -f {source} -t utf-8 "
+                    f"{os.path.basename(path)} > fixed{os.path.splitext(path)[1]} (with the file's real encoding "
+                    f"in place of {source})."
+                )
+            offset += len(line)
+    return None
+
+
+def _csv_problem(path: str, max_lines: int | None) -> str | None:
+    """Rows whose field count differs from the header's, and quotes the csv module refuses (strict mode)."""
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    separator = "a tab" if delimiter == "\t" else "a comma"
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(itertools.islice(handle, max_lines), delimiter=delimiter, strict=True)
+        header, start = None, 1
+        try:
+            for row in reader:
+                if header is None:
+                    header = row
+                elif row and len(row) != len(header):  # blank lines are skipped, as pandas does
+                    return (
+                        f"line {start} has {len(row)} fields where the header has {len(header)} "
+                        f"({', '.join(header)}): {_excerpt(delimiter.join(row))}. Put double quotes around a field "
+                        f"that holds {separator}, or fix the row."
+                    )
+                start = reader.line_num + 1
+        except csv.Error as err:
+            if max_lines is not None and reader.line_num >= max_lines:
+                return None  # the head ended inside a quoted field that spans lines
+            return (
+                f"line {start}: a quote that is never closed, or text after a closing quote ({err}; read up to line "
+                f'{reader.line_num}). Close the quote, and double every quote inside a quoted field ("").'
+            )
+    return None
+
+
+def _json_problem(path: str, max_lines: int | None) -> str | None:
+    """JSON lines (one object a line) are checked line by line; a file starting with '[' as one document."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [(number, line) for number, line in enumerate(itertools.islice(handle, max_lines), 1) if line.strip()]
+    if not lines:
+        return None
+    if lines[0][1].lstrip().startswith("["):
+        return _json_document_problem(path)
+    fix = 'Each line must hold one JSON object, e.g. {"text": "a good film", "label": "pos"}.'
+    for number, line in lines:
+        try:
+            value = json.loads(line.rstrip("\r\n"))  # columns then count on the line itself
+        except json.JSONDecodeError as err:
+            if number == lines[0][0] and _json_document_problem(path) is None:
+                return None  # one pretty-printed document, not JSON lines: the problem is elsewhere
+            return f"line {number}, column {err.colno}: {err.msg}: {_excerpt(line)}. {fix}"
+        if not isinstance(value, dict):
+            return f"line {number} holds a JSON {type(value).__name__}, not an object: {_excerpt(line)}. {fix}"
+    return None
+
+
+def _json_document_problem(path: str) -> str | None:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            document = json.load(handle)
+        except json.JSONDecodeError as err:
+            return f"line {err.lineno}, column {err.colno}: {err.msg}. Fix the JSON there (a missing comma or quote?)."
+    if isinstance(document, list):
+        for index, item in enumerate(document):
+            if not isinstance(item, dict):
+                return f"item {index} of the list is a {type(item).__name__}, not an object: {item!r:.80}."
+    return None
 
 
 def resolve_text_columns(columns: list[str], requested: list[str] | None, split: str = "train") -> list[str]:
@@ -215,6 +345,9 @@ def load_classification_splits(
     text_columns = resolve_text_columns(raw["train"].column_names, data_args.text_column_names)
     for name, split in raw.items():
         check_columns(split, text_columns, name, "text_column_names")
+        if data_args.label_column_name in split.column_names:  # before rows are dropped, so row numbers are the file's
+            source = data_args.dataset_name or getattr(data_args, f"{name}_file", None) or ""
+            check_labels_present(split, data_args.label_column_name, name, text_columns, source)
     raw = drop_empty_texts(raw, text_columns)
     check_not_empty(raw)
     if data_args.drop_duplicates:

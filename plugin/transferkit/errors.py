@@ -6,22 +6,57 @@ The message names the thing and the fix; the CLI prints it as one line, without 
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+# `--debug` is TrainingArguments' own option (underflow/overflow detection), so the traceback switch has its own name.
+DEBUG_FLAGS = ("--debug_errors", "--debug-errors")
+DEBUG_HINT = "(--debug_errors true or TRANSFERKIT_DEBUG=1 shows the traceback)"
+TRUE_VALUES = ("true", "1", "yes", "y", "t")
 
 
 class TransferKitError(ValueError):
     """A problem with the user's input, raised before training starts, with a message that says how to fix it."""
 
 
-def exit_on_user_error(main: Callable[[], object]) -> None:
+def exit_on_user_error(main: Callable[[], object], argv: Sequence[str] | None = None) -> None:
     """Run a CLI entry point; a TransferKitError becomes one line on stderr and exit status 2.
 
-    Tracebacks are for bugs, not for a misspelt column: set TRANSFERKIT_DEBUG=1 (or pass --debug_errors) to see one.
+    Tracebacks are for bugs, not for a misspelt column: `--debug_errors true` (on the command line or in the
+    --config YAML) or TRANSFERKIT_DEBUG=1 shows one.
     """
     try:
         main()
     except TransferKitError as err:
-        if os.environ.get("TRANSFERKIT_DEBUG") == "1" or "--debug_errors" in sys.argv:
+        if debug_requested(sys.argv[1:] if argv is None else list(argv)):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, even when a library's text inside it spans several
+        print(f"error: {message} {DEBUG_HINT}", file=sys.stderr)
         sys.exit(2)
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    """Whether the user asked for tracebacks: read from argv as argparse would (the last value wins), else the
+    config file. Done by hand, because the error may be that the arguments or the config do not parse."""
+    if os.environ.get("TRANSFERKIT_DEBUG") == "1":
+        return True
+    requested = None
+    for index, arg in enumerate(argv):
+        flag, has_value, value = arg.partition("=")
+        if flag in DEBUG_FLAGS:
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            if not has_value:
+                value = following if following and not following.startswith("-") else "true"
+            requested = value.lower() in TRUE_VALUES
+    return _debug_in_config(argv) if requested is None else requested
+
+
+def _debug_in_config(argv: Sequence[str]) -> bool:
+    import yaml
+
+    paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    paths += [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
+    try:
+        with open(paths[-1], encoding="utf-8") as handle:
+            return yaml.safe_load(handle).get("debug_errors") is True
+    except Exception:  # no config, or one that does not parse (maybe the very error being reported)
+        return False

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, get_token, validate_repo_id
 
@@ -27,11 +27,17 @@ from transferkit.errors import TransferKitError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("text-classification", "fill-mask")
+TASKS = ("text-classification", "fill-mask", "text-generation")
+LM_TASKS = ("fill-mask", "text-generation")  # MLM / CLM continued pretraining: perplexity is the metric
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "matthews_correlation")
 SPLIT_PREFIXES = {"eval_": "validation", "test_": "test", "predict_": "test"}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 SKIPPED_DIRS = re.compile(r"^(checkpoint-[^/]*|runs|\..*|__pycache__)$")
+MERGED_DIR = "merged"  # a LoRA run's merged model: published to its own repo, never inside the adapter's
+HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
+# What only a resumed run needs: kept out of the repo root, uploaded with the checkpoint folder itself.
+TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
+                            r"training_args\.bin|latest|zero_to_fp32\.py|README\.md)$")  # fmt: skip
 TOKEN_SCAN_LIMIT = 50 * 2**20  # weights can't usefully hold a token; small text/pickles can
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _LOCAL_SUFFIXES = (".csv", ".json", ".jsonl", ".txt", ".tsv", ".parquet", ".arrow")
@@ -71,7 +77,7 @@ def _with_perplexity(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _eval_results(task: str, metrics: dict[str, float], datasets: list[str]) -> list[EvalResult]:
-    wanted = ("perplexity",) if task == "fill-mask" else CLASSIFICATION_METRICS
+    wanted = ("perplexity",) if task in LM_TASKS else CLASSIFICATION_METRICS
     dataset = datasets[0] if datasets else "custom"
     dataset_type = dataset if _looks_like_hub_id(dataset) else "custom"
     results = []
@@ -126,7 +132,7 @@ def _redact(hyperparameters: dict[str, Any]) -> dict[str, Any]:
 _USAGE = {
     ("peft", "text-classification"): "from peft import AutoPeftModelForSequenceClassification\n"
     "from transformers import AutoTokenizer\n\n"
-    'model = AutoPeftModelForSequenceClassification.from_pretrained("{id}")\n'
+    'model = AutoPeftModelForSequenceClassification.from_pretrained("{id}"{labels})\n'
     'tokenizer = AutoTokenizer.from_pretrained("{id}")',
     (
         "peft",
@@ -141,7 +147,17 @@ _USAGE = {
     ("transformers", "fill-mask"): "from transformers import pipeline\n\n"
     'unmasker = pipeline("fill-mask", model="{id}")\n'
     'unmasker(f"The movie was {{unmasker.tokenizer.mask_token}}.")',
+    ("peft", "text-generation"): "from peft import AutoPeftModelForCausalLM\n\n"
+    'model = AutoPeftModelForCausalLM.from_pretrained("{id}")',
+    ("transformers", "text-generation"): "from transformers import pipeline\n\n"
+    'generator = pipeline("text-generation", model="{id}")\n'
+    'generator("The movie was", max_new_tokens=20)',
 }
+
+
+def _label_kwargs(label_config: dict[str, Any] | None) -> str:
+    """`, num_labels=3, id2label={...}` for the adapter snippet: the labels an adapter repo cannot carry itself."""
+    return "".join(f", {key}={value!r}" for key, value in (label_config or {}).items() if value is not None)
 
 
 def build_model_card(
@@ -157,8 +173,14 @@ def build_model_card(
     library_name: str = "transformers",
     tags: list[str] | None = None,
     license: str | None = None,  # noqa: A002 - the Hub's metadata key
+    summary: str | None = None,
+    label_config: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """A card whose `model-index` holds the metrics (perplexity too) and whose body says how to use it."""
+    """A card whose `model-index` holds the metrics (perplexity too) and whose body says how to use it.
+
+    `summary` replaces the opening sentence. `label_config` (num_labels, id2label, ...) goes into an adapter's
+    loading snippet: an adapter repo has no config.json, so the base model would otherwise load with 2 labels.
+    """
     if (library_name, task) not in _USAGE:
         raise TransferKitError(f"model card: task must be one of {TASKS} and library_name transformers or peft")
     output_dir = Path(output_dir)
@@ -167,7 +189,7 @@ def build_model_card(
     if len(lineage) > 1 and lineage[-1] in (repo_id, str(output_dir), output_dir.name):
         lineage.pop()  # the card's own model is listed as "this model"
     metrics = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}  # speed
-    metrics = _with_perplexity(metrics) if task == "fill-mask" else metrics
+    metrics = _with_perplexity(metrics) if task in LM_TASKS else metrics
     hub_bases = [m for m in [base_model, *reversed(lineage)] if m != repo_id and _looks_like_hub_id(m)]
     kind = "LoRA adapter" if library_name == "peft" else "model"
     data = ModelCardData(
@@ -183,15 +205,16 @@ def build_model_card(
     steps = [f"{i}. `{step}`" for i, step in enumerate(lineage, 1)] + [f"{len(lineage) + 1}. **this {kind}**"]
     plots = [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in sorted(output_dir.glob("*.png"))]
     versions = "\n".join(f"- {name} {version}" for name, version in _framework_versions().items())
+    usage = _USAGE[library_name, task].format(id=model_name, labels=_label_kwargs(label_config))
     sections = [
         f"# {model_name}",
-        f"A {task} {kind} adapted from `{base_model}` with TransferKit.",
+        summary or f"A {task} {kind} adapted from `{base_model}` with TransferKit.",
         "## Lineage\n\n" + "\n".join(steps),
         "## Results\n\n" + (_table(metrics, ("Metric", "Value")) if metrics else "No metrics recorded."),
         "## Training data\n\n" + ("\n".join(f"- `{d}`" for d in datasets) or "Not recorded."),
         "## Training hyperparameters\n\n" + _table(_redact(hyperparameters), ("Hyperparameter", "Value")),
         *(["## Plots\n\n" + "\n\n".join(plots)] if plots else []),
-        "## How to use\n\n```python\n" + _USAGE[library_name, task].format(id=model_name) + "\n```",
+        "## How to use\n\n```python\n" + usage + "\n```",
         "## Framework versions\n\n" + versions,
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
@@ -261,13 +284,15 @@ def check_push_access(
 
 
 # -- push ----------------------------------------------------------------------------------------------------
-def select_files(output_dir: str | Path, token: str | None = None) -> list[Path]:
-    """What to publish: not checkpoints, TensorBoard `runs/`, hidden files, nor any file holding the token."""
+def select_files(output_dir: str | Path, token: str | None = None, skip_dirs: bool = True) -> list[Path]:
+    """What to publish: not checkpoints, TensorBoard `runs/`, a LoRA run's `merged/` (it has its own repo), hidden
+    files, nor any file holding the token. `skip_dirs=False` keeps every folder (a checkpoint's own content)."""
     root = Path(output_dir)
     chosen = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         parts = path.relative_to(root).parts
-        if any(SKIPPED_DIRS.match(part) for part in parts):
+        skipped = any(SKIPPED_DIRS.match(part) for part in parts) or parts[0] == MERGED_DIR
+        if skip_dirs and skipped:
             continue
         if token and path.stat().st_size <= TOKEN_SCAN_LIMIT and token.encode() in path.read_bytes():
             logger.warning("not uploading %s: it contains the Hugging Face token", path.relative_to(root))
@@ -288,14 +313,19 @@ def _push_command(output_dir: Path, repo_id: str, private: bool, revision: str |
     return shlex.join(words + (["--revision", revision] if revision else []))
 
 
-def _push_once(api: HfApi, root: Path, files: list[Path], repo_id: str, **options: Any) -> str:
-    url = str(api.create_repo(repo_id, private=options["private"], exist_ok=True))
-    revision = options["revision"]
+def _open_repo(api: HfApi, repo_id: str, private: bool, revision: str | None) -> str:
+    """Create the repo (and the branch) when missing; return the URL a user would open."""
+    url = str(api.create_repo(repo_id, private=private, exist_ok=True))
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    operations = [CommitOperationAdd(path.relative_to(root).as_posix(), str(path)) for path in files]
-    api.create_commit(repo_id, operations, commit_message=options["commit_message"], revision=revision)
     return f"{url}/tree/{revision}" if revision else url
+
+
+def _push_once(api: HfApi, root: Path, files: list[Path], repo_id: str, **options: Any) -> str:
+    url = _open_repo(api, repo_id, options["private"], options["revision"])
+    operations = [CommitOperationAdd(path.relative_to(root).as_posix(), str(path)) for path in files]
+    api.create_commit(repo_id, operations, commit_message=options["commit_message"], revision=options["revision"])
+    return url
 
 
 def push_output_dir(
@@ -336,6 +366,45 @@ def push_output_dir(
             logger.warning("push attempt %d failed (%s); retrying in %.1f s", attempt, reason, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def push_checkpoint(
+    checkpoint_dir: str | Path,
+    repo_id: str,
+    *,
+    strategy: str,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+) -> str:
+    """Publish a checkpoint saved during training, in one commit; return the URL. One attempt: the caller decides.
+
+    Every strategy puts the checkpoint's model files (weights or adapter, config, tokenizer) at the repo root, so
+    the repo loads as the latest model while training runs. `checkpoint` also uploads the whole checkpoint
+    (optimizer, scheduler, RNG and trainer state) as `last-checkpoint/`, replacing the previous one, which is what
+    a preempted run resumes from; `all_checkpoints` keeps each one as `checkpoint-<step>/`.
+    """
+    if strategy not in HUB_STRATEGIES[1:]:
+        raise TransferKitError(f"push_checkpoint: strategy must be one of {HUB_STRATEGIES[1:]}, got {strategy!r}")
+    root = Path(checkpoint_dir)
+    token = _resolve_token(repo_id, token)
+    files = select_files(root, token, skip_dirs=False)
+    operations = [
+        CommitOperationAdd(path.name, str(path))
+        for path in files
+        if path.parent == root and not TRAINING_STATE.match(path.name)
+    ]
+    api = HfApi(token=token)
+    url = _open_repo(api, repo_id, private, revision)
+    if strategy != "every_save":
+        folder = "last-checkpoint" if strategy == "checkpoint" else root.name
+        added = {f"{folder}/{path.relative_to(root).as_posix()}": path for path in files}
+        operations += [CommitOperationAdd(name, str(path)) for name, path in added.items()]
+        stale = [f for f in api.list_repo_files(repo_id, revision=revision) if f.startswith(f"{folder}/")]
+        operations += [CommitOperationDelete(name) for name in stale if name not in added]
+    message = f"Training in progress, {root.name.replace('-', ' ')} ({strategy})"
+    api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    return url
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------

@@ -7,17 +7,22 @@ validation/test label that training never saw stops the run with the split, the 
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from datasets import ClassLabel, DatasetDict, Sequence, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Value
+from datasets import Sequence as SequenceFeature
 
 from transferkit.errors import TransferKitError
 
 logger = logging.getLogger(__name__)
 
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
+NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,11 @@ def infer_label_spec(splits: DatasetDict, column: str, problem_type: str | None)
         )
     for name, split in splits.items():
         if column in split.column_names:
-            _check_no_missing(split[column], name, column)
+            check_labels_present(split, column, name)
+            if problem_type == REGRESSION:
+                _check_numeric(split[column], name, column)
+            elif not isinstance(split.features[column], ClassLabel):
+                _check_one_kind(split[column], name, column, single_requested=problem_type == SINGLE)
     feature = train.features[column]
     detected = _detect_problem_type(feature, train[column])
     if problem_type is not None and problem_type != detected:
@@ -64,19 +73,94 @@ def infer_label_spec(splits: DatasetDict, column: str, problem_type: str | None)
     return spec
 
 
-def _check_no_missing(values: list, split: str, column: str) -> None:
-    missing = [index for index, value in enumerate(values) if value is None or value == ""]
+def check_labels_present(
+    split: Dataset, column: str, name: str, text_columns: Sequence[str] = (), source: str = ""
+) -> None:
+    """Every row needs a label; rows whose text is blank are not counted (they are dropped with a count)."""
+    values = split[column]
+    texts = list(zip(*(split[text] for text in text_columns))) if text_columns else [()] * len(values)
+    missing = [
+        index
+        for index, (value, text) in enumerate(zip(values, texts))
+        if (value is None or value == "") and all(item is not None and str(item).strip() for item in text)
+    ]
     if missing:
+        where = f" ({source})" if source else ""
+        first = f", text {' / '.join(map(str, texts[missing[0]]))!r:.80}" if text_columns else ""
         raise TransferKitError(
-            f"{len(missing)} rows of the {split} split have no value in '{column}' (first: row {missing[0]}). "
-            "Fill in or drop those rows, or point label_column_name at the right column."
+            f"{len(missing)} rows of the {name} split{where} have no value in '{column}' (first: data row "
+            f"{missing[0] + 1}, counted from 1 after any header{first}). Fill in or drop those rows, or point "
+            "label_column_name at the right column."
+        )
+
+
+def _kind(value) -> str:
+    """What a label is, as the label rules see it: a number (also a string that reads as one), text, a list, ..."""
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)) or (isinstance(value, str) and NUMBER.fullmatch(value)):
+        return "number"
+    return "text" if isinstance(value, str) else type(value).__name__
+
+
+def _kinds(rows: Iterable[tuple[int, object]]) -> dict[str, tuple[int, int, object]]:
+    """Kind -> (count, first row, first value) over (row, value) pairs, in the order the kinds first appear;
+    missing values are skipped."""
+    found: dict[str, tuple[int, int, object]] = {}
+    for index, value in rows:
+        if value is None:
+            continue
+        kind = _kind(value)
+        count, first, example = found.get(kind, (0, index, value))
+        found[kind] = (count + 1, first, example)
+    return found
+
+
+def _describe_kinds(kinds: dict[str, tuple[int, int, object]]) -> str:
+    described = []
+    for kind, (count, first, example) in kinds.items():
+        values = "1 value" if count == 1 else f"{count} values"
+        described.append(
+            f"{kind if kind == 'text' else kind + 's'} ({values}, e.g. {example!r} in data row {first + 1})"
+        )
+    return ", ".join(described)
+
+
+def _check_one_kind(values: list, split: str, column: str, single_requested: bool) -> None:
+    """One label column, one kind of label: `1` next to `"pos"` (or `0.5` next to `"n/a"`) is a mistake to fix,
+    not a third class; lists next to single labels cannot be encoded at all. Class names that happen to mix
+    numbers and words pass when problem_type says single-label."""
+    kinds = _kinds(enumerate(values))
+    if "list" in kinds and len(kinds) > 1:
+        raise TransferKitError(
+            f"'{column}' in the {split} split mixes lists of labels and single labels: {_describe_kinds(kinds)}. "
+            "Multi-label data needs a list in every row ([] for none); single-label data one label per row."
+        )
+    if "list" in kinds:
+        kinds = _kinds((index, item) for index, row in enumerate(values) if row is not None for item in row)
+    if len(kinds) > 1 and not single_requested:
+        raise TransferKitError(
+            f"'{column}' in the {split} split mixes label types: {_describe_kinds(kinds)}. Give every row the same "
+            "kind of label (fix the odd rows: a typo?), or, if they are all class names, set "
+            f"problem_type: {SINGLE}."
+        )
+
+
+def _check_numeric(values: list, split: str, column: str) -> None:
+    kinds = _kinds(enumerate(values))
+    if set(kinds) != {"number"}:
+        raise TransferKitError(
+            f"problem_type is {REGRESSION} but '{column}' in the {split} split holds {_describe_kinds(kinds)}. "
+            "Regression needs a number in every row; for class names leave problem_type unset."
         )
 
 
 def _detect_problem_type(feature, values: list) -> str:
     if isinstance(feature, ClassLabel):
         return SINGLE
-    if isinstance(feature, (Sequence, list)) or any(isinstance(value, list) for value in values):
+    if isinstance(feature, (SequenceFeature, list)) or any(isinstance(value, list) for value in values):
         return MULTI
     if all(isinstance(value, float) for value in values) and not all(value.is_integer() for value in values):
         return REGRESSION
@@ -134,16 +218,24 @@ def _is_class_label_of(split, column: str, spec: LabelSpec) -> bool:
 
 
 def _warn_rare(spec: LabelSpec, values: list) -> None:
+    """A class with a handful of rows is often a typo ('pso' among 'pos'): say so, and name the likely label."""
     flat = [item for row in values for item in row] if spec.problem_type == MULTI else values
     counts = Counter(_label_str(value) for value in flat)
     largest = max(counts.values())
     for label, count in counts.items():
-        if count < 5 and count < 0.01 * largest:
+        if count >= 5:
+            continue
+        frequent = [other for other, n in counts.items() if n >= 5 * count and other != label]
+        close = difflib.get_close_matches(label, frequent, n=1, cutoff=0.6)
+        if close or count < 0.01 * largest:
+            hint = f" Did you mean '{close[0]}' ({counts[close[0]]} rows)?" if close else " A typo in the data?"
             logger.warning(
-                "Label '%s' has only %d training rows (largest class: %d). A typo in the data? Check it.",
+                "Label '%s' has only %d training rows (largest class: %d).%s Fix those rows, or ignore this if the "
+                "class is real.",
                 label,
                 count,
                 largest,
+                hint,
             )
 
 

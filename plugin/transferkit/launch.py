@@ -211,17 +211,37 @@ def build_launch_command(
     return command + list(overrides)
 
 
+DEEPSPEED_INSTALL = "python -m pip install --no-build-isolation deepspeed"
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
 def check_launchable(accelerate_config: str | None) -> None:
-    """Refuse a GPU config on a machine without GPUs, before processes start and fail one by one."""
-    if not accelerate_config or gpu_available():
+    """Refuse a DeepSpeed config without DeepSpeed, and a GPU config on a machine without GPUs, before the
+    processes start and fail one by one."""
+    if not accelerate_config:
         return
     path = resolve_accelerate_config(accelerate_config)
     content = read_yaml(path)
-    reason = gpu_reason(content) if isinstance(content, dict) else None
+    if not isinstance(content, dict):
+        return
+    if str(content.get("distributed_type")) == "DEEPSPEED" and not deepspeed_installed():
+        raise TransferKitError(
+            f"{path} is a DeepSpeed config and DeepSpeed is not installed: {DEEPSPEED_INSTALL} (after torch; the "
+            "flag builds it against the torch in place)."
+        )
+    if gpu_available():
+        return
+    reason = gpu_reason(content)
     if reason:
+        on_cpu = ""
+        if str(content.get("distributed_type")) == "DEEPSPEED":
+            on_cpu = f" DeepSpeed runs on CPUs too: copy {path.name}, set use_cpu: true, num_processes: 2, no gpu_ids."
         raise TransferKitError(
             f"{path} is a GPU config ({reason}) and this machine has no GPU. Run it on a GPU machine, or use "
-            "--accelerate_config cpu_ddp (2 processes on CPU) or no --accelerate_config (one process)."
+            "--accelerate_config cpu_ddp (2 processes on CPU) or no --accelerate_config (one process)." + on_cpu
         )
 
 
@@ -294,7 +314,29 @@ def validate_recipe_config(path: Path, recipe: str, overrides: list[str]) -> lis
         values[key] = f"<{key}>"
         notes.append(f"{key} is not set in the file: pass --{key} at launch")
     _build_dataclasses(types, values, notes, path)
-    return notes
+    return notes + hub_notes(values)
+
+
+def hub_notes(values: dict[str, Any]) -> list[str]:
+    """Name the Hub ids a config loads: validate works offline and loads nothing, so they are left to the launch."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    named = []
+    for key, what in (("model_name_or_path", "model"), ("tokenizer_name", "tokenizer"), ("dataset_name", "dataset")):
+        value = values.get(key)
+        if not isinstance(value, str) or value.startswith("<") or os.path.exists(os.path.expanduser(value)):
+            continue
+        try:
+            validate_repo_id(value)
+        except HFValidationError:
+            continue  # a local path made at run time (a pipeline stage's input), not a Hub id
+        named.append(f"{what} {value}")
+    if not named:
+        return []
+    them = "them" if len(named) > 1 else "it"
+    return [
+        f"Hub {' and '.join(named)}: not loaded here (validate works offline); --dry_run true at launch loads {them}"
+    ]
 
 
 def _build_dataclasses(types: tuple, values: dict[str, Any], notes: list[str], path: Path) -> None:
@@ -344,6 +386,8 @@ def validate_accelerate_config(path: Path) -> list[str]:
         problems += _fsdp_problems(config.fsdp_config, notes)
     if kind == "DEEPSPEED":
         problems += _deepspeed_problems(config.deepspeed_config, path)
+        if not deepspeed_installed():
+            notes.append(f"DeepSpeed is not installed here: {DEEPSPEED_INSTALL}")
         if config.mixed_precision in ("bf16", "fp16"):
             notes.append(
                 f"DeepSpeed stops at start unless the recipe config also sets {config.mixed_precision}: true "

@@ -26,9 +26,10 @@ from transferkit.errors import TransferKitError
 
 logger = logging.getLogger(__name__)
 ALL_LINEAR = "all-linear"
-TASKS = ("classification", "mlm")
+TASKS = ("classification", "mlm", "clm")
 LABELS_FILE = "label_config.json"  # an adapter folder has no config.json, so a classifier's labels live here
-LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type")
+# pad_token_id too: a decoder's base config often has none, and its classifier then refuses batches of more than one
+LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id")
 
 
 def _help(text: str) -> dict:
@@ -50,8 +51,12 @@ class LoraArguments:
     use_rslora: bool = field(default=False, **_help("Rank-stabilised LoRA: scale by alpha / sqrt(r)."))
     use_dora: bool = field(default=False, **_help("Weight-decomposed LoRA (DoRA)."))
     merge_adapter: bool = field(default=False, **_help("Also save a merged full model in output_dir/merged."))
+    hub_merged_model_id: str | None = field(
+        default=None,
+        **_help("With push_to_hub and merge_adapter: the repo for the merged model. Default: <hub_model_id>-merged."),
+    )
     lora_train_embeddings_and_head: bool = field(
-        default=False, **_help("Also train the word embeddings and (MLM) the MLM head in full; ties stay tied.")
+        default=False, **_help("Also train the word embeddings and (MLM/CLM) the LM head in full; ties stay tied.")
     )
     load_in_4bit: bool = field(default=False, **_help("QLoRA: load the base model in 4 bits (CUDA + bitsandbytes)."))
 
@@ -137,7 +142,8 @@ def _module_name(model: torch.nn.Module, module: torch.nn.Module | None) -> str 
 
 def build_lora_config(model: PreTrainedModel, args: LoraArguments, task: str) -> LoraConfig:
     """The LoraConfig for `task`. MLM gets no TaskType (FEATURE_EXTRACTION reloads on AutoModel, without the MLM
-    head); peft then records the model class in adapter_config.json, and `AutoPeftModel` reloads a masked LM."""
+    head); peft then records the model class in adapter_config.json, and `AutoPeftModel` reloads a masked LM.
+    CLM gets CAUSAL_LM, which `AutoPeftModel` reloads on AutoModelForCausalLM."""
     if task not in TASKS:
         raise TransferKitError(f"task must be one of {TASKS}, got {task!r}.")
     targets = args.lora_target_modules or PEFT_DEFAULT_TARGETS.get(model.config.model_type) or [ALL_LINEAR]
@@ -145,12 +151,12 @@ def build_lora_config(model: PreTrainedModel, args: LoraArguments, task: str) ->
     to_save = find_classification_head(model) if task == "classification" else []
     if args.lora_train_embeddings_and_head:
         to_save.append(_module_name(model, model.get_input_embeddings()))
-        to_save += _head_children(model) if task == "mlm" else []
+        to_save += _head_children(model) if task in ("mlm", "clm") else []
     if args.lora_modules_to_save:
         _check_names_exist(model, args.lora_modules_to_save, "lora_modules_to_save")
         to_save += args.lora_modules_to_save
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "classification" else None,
+        task_type={"classification": TaskType.SEQ_CLS, "clm": TaskType.CAUSAL_LM}.get(task),
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
@@ -163,7 +169,7 @@ def build_lora_config(model: PreTrainedModel, args: LoraArguments, task: str) ->
 
 
 def apply_lora(model: PreTrainedModel, args: LoraArguments, task: str) -> PeftModel:
-    """Wrap `model` with LoRA for `task` ("classification" or "mlm"), its head trained in full; logs the counts."""
+    """Wrap `model` with LoRA for `task` ("classification", "mlm" or "clm"), its head trained in full; logs counts."""
     config = build_lora_config(model, args, task)
     to_save = list(config.modules_to_save)  # peft's SEQ_CLS appends its guesses ('classifier', 'score') in place
     inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
@@ -287,13 +293,17 @@ def label_kwargs(adapter_dir: str) -> dict:
 
 
 def load_lora_model(adapter_dir: str, **kwargs) -> PeftModel:
-    """Reload a saved adapter on its base model; a classifier with its labels (plain AutoPeftModel loses them)."""
-    from peft import AutoPeftModel, AutoPeftModelForSequenceClassification, PeftConfig
+    """Reload a saved adapter on its base model: a classifier with its labels (plain AutoPeftModel loses them), a
+    causal LM, or a masked LM (from the class peft recorded)."""
+    from peft import AutoPeftModel, AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, PeftConfig
 
-    if PeftConfig.from_pretrained(adapter_dir).task_type == TaskType.SEQ_CLS:
+    task_type = PeftConfig.from_pretrained(adapter_dir).task_type
+    if task_type == TaskType.SEQ_CLS:
         return AutoPeftModelForSequenceClassification.from_pretrained(
             adapter_dir, **label_kwargs(adapter_dir), **kwargs
         )
+    if task_type == TaskType.CAUSAL_LM:  # plain AutoPeftModel refuses adapters that name a task type
+        return AutoPeftModelForCausalLM.from_pretrained(adapter_dir, **kwargs)
     return AutoPeftModel.from_pretrained(adapter_dir, **kwargs)
 
 

@@ -1,12 +1,16 @@
-"""Turning unlabelled text into MLM examples: packed chunks, lines or sentence-aligned chunks, and masked batches.
+"""Turning unlabelled text into language-modelling examples: packed chunks, lines or sentence-aligned chunks, and
+the batches of either objective.
 
-Training masks are drawn afresh for every batch (DataCollatorForLanguageModeling). Evaluation masks are drawn once,
-per example, from a fixed seed at 15%, so perplexity compares between runs, models and batch sizes.
+MLM (encoders): training masks are drawn afresh for every batch (DataCollatorForLanguageModeling). Evaluation masks
+are drawn once, per example, from a fixed seed at 15%, so perplexity compares between runs, models and batch sizes.
+CLM (decoders): the same chunking, with EOS after every document instead of [CLS]/[SEP]; the labels are the input
+ids (the model shifts them), so evaluation needs no masks and is deterministic already.
 """
 
 from __future__ import annotations
 
 from itertools import chain
+from typing import Any
 
 import numpy as np
 from datasets import DatasetDict, IterableDatasetDict
@@ -23,6 +27,7 @@ from transferkit.errors import TransferKitError
 EVAL_MASK_PROBABILITY = 0.15
 EVAL_MASK_SEED = 20_24
 MODEL_KEYS = ("input_ids", "attention_mask", "special_tokens_mask", "offset_mapping")
+CLM_KEYS = ("input_ids", "attention_mask")  # a causal LM's forward takes no special-token mask
 
 
 def tokenize_for_mlm(
@@ -34,7 +39,8 @@ def tokenize_for_mlm(
     mlm_args: MLMArguments,
     training_args: TrainingArguments,
 ) -> DatasetDict | IterableDatasetDict:
-    """Tokenize and chunk every split; evaluation splits also get their fixed masks."""
+    """Tokenize and chunk every split; for MLM, evaluation splits also get their fixed masks."""
+    clm = mlm_args.objective == "clm"
     if mlm_args.whole_word_mask and not tokenizer.is_fast:
         raise TransferKitError(
             "whole_word_mask needs a fast tokenizer (word offsets); this tokenizer is a slow one. "
@@ -50,6 +56,7 @@ def tokenize_for_mlm(
         "columns": text_columns,
         "size": max_seq_length,
         "offsets": mlm_args.whole_word_mask,
+        "eos_id": document_end_id(tokenizer) if clm else None,
     }
     map_options = (
         {}
@@ -65,41 +72,62 @@ def tokenize_for_mlm(
         for name, split in splits.items():
             columns = split.column_names or list(next(iter(split)))  # a streamed split may only know them at row 1
             chunked[name] = split.map(function, batched=True, remove_columns=columns, fn_kwargs=kwargs, **map_options)
-            if name != "train":
+            if name != "train" and not clm:
                 chunked[name] = mask_for_evaluation(chunked[name], tokenizer, map_options)
     return type(splits)(chunked)
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], offsets: bool, **kwargs) -> dict:
+def document_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The EOS id that separates documents for a causal LM, so it learns where a text ends and never reads across."""
+    if tokenizer.eos_token_id is None:
+        raise TransferKitError(
+            f"objective: clm separates documents with the tokenizer's end-of-sequence token, and this tokenizer "
+            f"({type(tokenizer).__name__}) has none. Set tokenizer_name to the model's own tokenizer, or add an "
+            "eos_token to it."
+        )
+    return tokenizer.eos_token_id
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], offsets: bool, eos_id: int | None = None, **kwargs
+) -> dict:
+    """MLM: ids, masks, special-token mask (and offsets). CLM (`eos_id` set): ids and masks, EOS after each text."""
+    if eos_id is not None and kwargs.get("truncation"):
+        kwargs["max_length"] -= 1  # room for the EOS
     encoded = tokenizer(
         texts, return_special_tokens_mask=True, return_offsets_mapping=offsets, return_token_type_ids=False, **kwargs
     )
-    return {key: encoded[key] for key in MODEL_KEYS if key in encoded}
+    if eos_id is None:
+        return {key: encoded[key] for key in MODEL_KEYS if key in encoded}
+    ids = [row if row[-1:] == [eos_id] else row + [eos_id] for row in encoded["input_ids"]]  # some tokenizers add it
+    return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
 
 
 def _documents(batch: dict, columns: list[str]) -> list[str]:
     return [text for column in columns for text in batch[column] if text is not None and str(text).strip()]
 
 
-def _packed_chunks(batch: dict, tokenizer, columns: list[str], size: int, offsets: bool) -> dict:
-    """Concatenate documents ([CLS] doc [SEP] [CLS] doc [SEP] ...) and cut into chunks of exactly `size` tokens.
+def _packed_chunks(batch: dict, tokenizer, columns: list[str], size: int, offsets: bool, eos_id: int | None) -> dict:
+    """Concatenate documents ([CLS] doc [SEP] [CLS] doc [SEP] ... for MLM; [BOS] doc EOS [BOS] doc EOS ... for CLM,
+    BOS where the tokenizer adds one) and cut into chunks of exactly `size` tokens.
 
     The separators keep document boundaries visible to the model; the tail shorter than `size` is dropped.
     """
-    encoded = _encode(tokenizer, _documents(batch, columns), offsets, verbose=False)
+    encoded = _encode(tokenizer, _documents(batch, columns), offsets, eos_id, verbose=False)
     joined = {key: list(chain.from_iterable(values)) for key, values in encoded.items()}
     usable = len(joined["input_ids"]) // size * size
     return {key: [values[start : start + size] for start in range(0, usable, size)] for key, values in joined.items()}
 
 
-def _lines(batch: dict, tokenizer, columns: list[str], size: int, offsets: bool) -> dict:
-    """One example per non-empty line, truncated; padded to `size` when whole words are masked (equal lengths)."""
+def _lines(batch: dict, tokenizer, columns: list[str], size: int, offsets: bool, eos_id: int | None) -> dict:
+    """One example per non-empty line, truncated (CLM: ending in EOS); padded to `size` when whole words are masked
+    (equal lengths)."""
     lines = [line for text in _documents(batch, columns) for line in str(text).splitlines() if line.strip()]
     padding = "max_length" if offsets else False
-    return _encode(tokenizer, lines, offsets, truncation=True, max_length=size, padding=padding)
+    return _encode(tokenizer, lines, offsets, eos_id, truncation=True, max_length=size, padding=padding)
 
 
-def _sentence_chunks(batch: dict, tokenizer, columns: list[str], size: int, offsets: bool) -> dict:
+def _sentence_chunks(batch: dict, tokenizer, columns: list[str], size: int, offsets: bool, eos_id: int | None) -> dict:
     """Greedily pack whole sentences of a document into chunks that end at a sentence boundary.
 
     A sentence longer than a chunk is cut; chunks are padded to `size` when whole words are masked.
@@ -120,7 +148,7 @@ def _sentence_chunks(batch: dict, tokenizer, columns: list[str], size: int, offs
         if current:
             chunks.append(" ".join(current))
     padding = "max_length" if offsets else False
-    return _encode(tokenizer, chunks, offsets, truncation=True, max_length=size, padding=padding)
+    return _encode(tokenizer, chunks, offsets, eos_id, truncation=True, max_length=size, padding=padding)
 
 
 def mask_for_evaluation(split, tokenizer: PreTrainedTokenizerBase, map_options: dict | None = None):
@@ -171,3 +199,48 @@ class MLMCollator:
         if "labels" in features[0]:
             return self.eval_collator(features)
         return self.train_collator(features)
+
+
+class CLMCollator:
+    """Causal-LM batches: padded on the right to the longest example; the labels are the input ids, -100 at padding.
+
+    Padding is found from the attention mask, not by comparing with the pad id: decoders pad with EOS, and
+    DataCollatorForLanguageModeling(mlm=False) would also drop every real EOS (the document ends) from the targets.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.tokenizer.pad(
+            [{key: feature[key] for key in CLM_KEYS} for feature in features],
+            padding=True,
+            padding_side="right",  # GPT-2's positions are absolute: left pads would shift them
+            return_tensors="pt",
+        )
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+
+def lm_collator(tokenizer: PreTrainedTokenizerBase, mlm_args: MLMArguments) -> MLMCollator | CLMCollator:
+    """The collator of the chosen objective."""
+    return CLMCollator(tokenizer) if mlm_args.objective == "clm" else MLMCollator(tokenizer, mlm_args)
+
+
+def next_token_accuracy(eval_pred: Any) -> dict[str, float]:
+    """Trainer `compute_metrics` for CLM: the share of next tokens predicted exactly (argmax at t == label at t+1).
+
+    Takes `[N, L]` predicted ids (sparse_mlm.preprocess_logits_for_metrics reduces the logits batch by batch) or
+    `[N, L, V]` logits; positions whose next label is -100 (padding, the end of a chunk) do not count.
+    """
+    predictions, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.ndim == labels.ndim + 1:
+        predictions = predictions.argmax(axis=-1)
+    predictions, targets = predictions[:, :-1], labels[:, 1:]
+    scored = targets != -100
+    if not scored.any():
+        return {"accuracy": float("nan")}
+    return {"accuracy": float((predictions[scored] == targets[scored]).mean())}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -13,7 +15,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from transferkit.arguments import ModelArguments
 from transferkit.errors import TransferKitError
@@ -32,9 +37,13 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
 
 
 def _not_found(what: str, name: str, err: Exception) -> TransferKitError:
+    option = "tokenizer_name or model_name_or_path" if what == "tokenizer" else "model_name_or_path"
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a Hub id
+        if not os.path.isdir(os.path.expanduser(name)):  # else transformers calls it an invalid repo id
+            return TransferKitError(f"Could not load the {what} '{name}': no such folder. Check {option}.")
     return TransferKitError(
-        f"Could not load the {what} '{name}': {err}. Check model_name_or_path (a local folder or a Hub id); "
-        "offline, the model must be in the Hugging Face cache (HF_HUB_OFFLINE=1)."
+        f"Could not load the {what} '{name}': {str(err).rstrip('.')}. Check {option} (a local folder or a Hub "
+        "id); offline, the model must be in the Hugging Face cache (HF_HUB_OFFLINE=1)."
     )
 
 
@@ -83,35 +92,80 @@ def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedCo
     return model
 
 
-def load_masked_lm(model_args: ModelArguments) -> PreTrainedModel:
-    """An AutoModelForMaskedLM; a decoder-only model gets an error that says MLM needs an encoder."""
-    config = load_config(model_args)
-    if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        raise TransferKitError(
-            f"'{model_args.model_name_or_path}' is a {config.model_type} model, which has no masked-LM head: "
-            "MLM pretraining needs an encoder (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ModernBERT, ...)."
+def supported_objectives(config: PretrainedConfig) -> list[str]:
+    """The continued-pretraining objectives a model type has a head for: "mlm" (encoders), "clm" (decoders).
+
+    BERT-family encoders also have a causal-LM class in transformers (BertLMHeadModel, for encoder-decoder use),
+    so a type with both heads counts as an encoder, unless its config says `is_decoder`.
+    """
+    masked = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if masked and causal:
+        return ["clm"] if getattr(config, "is_decoder", False) else ["mlm"]
+    return [name for name, has_head in (("mlm", masked), ("clm", causal)) if has_head]
+
+
+def _objective_error(name: str, config: PretrainedConfig, objective: str, supported: list[str]) -> TransferKitError:
+    kind = f"'{name}' is a {config.model_type} model"
+    if not supported:
+        return TransferKitError(
+            f"{kind}, which has neither a masked-LM nor a causal-LM head: continued pretraining needs an encoder "
+            "(objective: mlm) or a decoder (objective: clm)."
         )
-    model = load_pretrained(AutoModelForMaskedLM, model_args, config)
+    if objective == "mlm":
+        return TransferKitError(
+            f"{kind}, which has no masked-LM head: it supports objective: clm (causal LM), not mlm. Set objective: "
+            "clm, or choose an encoder (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ModernBERT, ...) for mlm."
+        )
+    return TransferKitError(
+        f"{kind}, an encoder without a causal-LM head: it supports objective: mlm, not clm. Set objective: mlm, or "
+        "choose a decoder (GPT-2, Llama, Qwen, Mistral, ...) for clm."
+    )
+
+
+def load_language_model(model_args: ModelArguments, objective: str = "mlm") -> PreTrainedModel:
+    """An AutoModelForMaskedLM ("mlm") or AutoModelForCausalLM ("clm"); a model without that head gets one error
+    naming the objective it does support, before any weights are loaded."""
+    config = load_config(model_args)
+    supported = supported_objectives(config)
+    if objective not in supported:
+        raise _objective_error(model_args.model_name_or_path, config, objective, supported)
+    auto_class = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    model = load_pretrained(auto_class, model_args, config)
     if model.transferkit_missing_keys:
         logger.warning(
-            "The checkpoint has no trained MLM head (%d weights newly initialised, e.g. %s): a sentence-embedding "
-            "model? Early losses will be high; set head_warmup_steps to train the head alone first.",
+            "The checkpoint has no trained %s head (%d weights newly initialised, e.g. %s): a sentence-embedding "
+            "model? Early losses will be high%s.",
+            objective.upper(),
             len(model.transferkit_missing_keys),
             model.transferkit_missing_keys[0],
+            "; set head_warmup_steps to train the head alone first" if objective == "mlm" else "",
         )
     return model
 
 
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+def load_masked_lm(model_args: ModelArguments) -> PreTrainedModel:
+    """An AutoModelForMaskedLM; a decoder-only model gets an error that says it supports objective: clm."""
+    return load_language_model(model_args, "mlm")
+
+
+def ensure_pad_token(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, padding_side: str | None = "right"
+) -> None:
     """Decoders (GPT-2, Llama, ...) ship without a pad token, yet batches need one, and their classifiers pool the
     last token that is not padding: so pad with EOS and tell the model which id pads.
 
-    Padding goes on the right: GPT-2's learned positions and Llama's rotary ones are counted from the first token,
-    pads included, so left padding would shift every position of the shorter texts and change their logits.
+    Padding goes on the right: GPT-2's learned absolute positions are counted from the first token, pads included,
+    so left padding would shift every position of the shorter texts and change their logits. (Rotary positions,
+    Llama's, are relative and give the same logits either way; the pooling finds the last real token on both sides.)
+    A decoder whose config names another pad id than the tokenizer pads with would pool a padding position: the
+    config follows the tokenizer (encoders keep theirs: RoBERTa's position ids are built from it).
+    `padding_side=None` leaves the tokenizer's side alone (CLM: its collator pads right by itself, and the saved
+    tokenizer keeps the side that batched generation wants).
     """
-    if tokenizer.padding_side != "right":
-        logger.info("Padding on the right for classification (the tokenizer padded on the %s).", tokenizer.padding_side)
-        tokenizer.padding_side = "right"
+    if padding_side is not None and tokenizer.padding_side != padding_side:
+        logger.info("Padding on the %s (the tokenizer padded on the %s).", padding_side, tokenizer.padding_side)
+        tokenizer.padding_side = padding_side
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise TransferKitError(
@@ -121,6 +175,34 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel)
         logger.info("The tokenizer has no pad token: padding with its EOS token '%s'.", tokenizer.eos_token)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    elif model.config.pad_token_id != tokenizer.pad_token_id and supported_objectives(model.config) == ["clm"]:
+        logger.warning(
+            "The model config's pad_token_id %s is not the tokenizer's pad token id %s: using the tokenizer's, so "
+            "the classifier reads the last real token of each text.",
+            model.config.pad_token_id,
+            tokenizer.pad_token_id,
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)  # saved next to a causal LM; Trainer warns on a mismatch
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+
+
+def check_tokenizer_fits(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, model_args: ModelArguments
+) -> None:
+    """A token id past the embedding table fails only when a batch holds it (an IndexError on CPU, a device-side
+    assert on GPU), minutes or hours in: so compare the tokenizer's ids with the table's rows at load time."""
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None) or getattr(model.config, "vocab_size", None)
+    ids = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    if rows is not None and ids > rows:
+        name = model_args.tokenizer_name or model_args.model_name_or_path
+        raise TransferKitError(
+            f"The tokenizer '{name}' has {ids} token ids but the model '{model_args.model_name_or_path}' has "
+            f"embeddings for {rows}: ids {rows} and above would crash training. Use the tokenizer the model was "
+            "trained with (leave tokenizer_name unset), or a model trained with this tokenizer."
+        )
 
 
 def load_classifier(model_args: ModelArguments, spec: LabelSpec) -> PreTrainedModel:

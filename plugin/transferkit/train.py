@@ -19,7 +19,7 @@ from transformers.trainer_utils import IntervalStrategy
 from transferkit.arguments import RunArguments
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError
-from transferkit.publish import prepare_push
+from transferkit.publish import PushTarget, checkpoint_push_callbacks, prepare_push
 from transferkit.reliability import (
     check_output_dir_writable,
     exit_if_preempted,
@@ -77,16 +77,26 @@ def resolve_checkpoint(training_args: TrainingArguments, run_args: RunArguments)
             f"output_dir {output_dir} already holds {what}. Set resume_from_checkpoint: auto to continue it, "
             "overwrite_output_dir: true to start afresh, or choose another output_dir."
         )
-    if (last or finished) and run_args.overwrite_output_dir and training_args.process_index == 0:
-        if run_args.dry_run:  # a dry run deletes nothing
-            return None
+    return None  # with overwrite_output_dir, train_and_save clears the earlier run once the inputs have passed
+
+
+def clear_earlier_run(trainer: Trainer) -> None:
+    """Delete an earlier run that overwrite_output_dir allowed replacing: only now, after the data, labels and model
+    were checked, so that bad input never costs the earlier run (and a stale checkpoint never outlives it)."""
+    output_dir = trainer.args.output_dir
+    earlier = last_valid_checkpoint(output_dir) or os.path.isfile(os.path.join(output_dir, "all_results.json"))
+    if earlier and trainer.is_world_process_zero():
+        logger.info("overwrite_output_dir: deleting the earlier run in %s.", output_dir)
         shutil.rmtree(output_dir)
-    return None
 
 
-def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
-    """Train, save the final model and tokenizer, and record the train metrics."""
+def train_and_save(trainer: Trainer, checkpoint: str | None, push: PushTarget | None = None) -> dict[str, float]:
+    """Train (pushing checkpoints as `hub_strategy` asks), save the final model and tokenizer, record the metrics."""
+    for callback in checkpoint_push_callbacks(push):
+        trainer.add_callback(callback)
     install_preemption_handler(trainer)  # SIGTERM: checkpoint at the next step end, then stop
+    if checkpoint is None:
+        clear_earlier_run(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     exit_if_preempted(trainer)  # after SIGTERM: log where to resume from, exit 0
     trainer.save_model()
@@ -216,8 +226,10 @@ def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
-def start_run(training_args: TrainingArguments, run_args: RunArguments, recipe: str) -> tuple[str | None, str | None]:
-    """What every recipe checks before loading data or a model; returns (checkpoint to resume, repo to push to).
+def start_run(
+    training_args: TrainingArguments, run_args: RunArguments, recipe: str, lora_args=None
+) -> tuple[str | None, PushTarget | None]:
+    """What every recipe checks before loading data or a model; returns (checkpoint to resume, push target).
 
     Logging, the distributed backend actually asked for, a writable output_dir with room, the resume point (or a
     refusal to overwrite an earlier run), and Hub write access when pushing.
@@ -226,4 +238,4 @@ def start_run(training_args: TrainingArguments, run_args: RunArguments, recipe: 
     check_requested_backend(training_args, recipe=recipe)
     check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     checkpoint = resolve_checkpoint(training_args, run_args)
-    return checkpoint, prepare_push(training_args)
+    return checkpoint, prepare_push(training_args, lora_args)
