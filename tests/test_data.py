@@ -196,3 +196,11 @@ def test_blank_texts_are_dropped_with_a_count(tmp_path, caplog):
     splits, _, _ = load_classification_splits(data_args, MODEL, None, seed=0)
     assert len(splits["train"]) == 30
     assert "Dropped 2 rows of the train split with an empty text" in caplog.text
+
+
+def test_a_hub_dataset_that_is_not_cached_offline_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    data_args = DataArguments(dataset_name="someone/not-cached-anywhere", dataset_revision="v1")
+    with pytest.raises(TransferKitError, match=r"'someone/not-cached-anywhere' at revision v1 is not in the local"):
+        load_raw_datasets(data_args, ModelArguments(model_name_or_path="unused", cache_dir=str(tmp_path)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -47,6 +48,7 @@ def test_pipeline_chains_stages_and_compares(tiny_bert, reviews_csv, tmp_path):
     assert "eval_perplexity" in report["adapt"]
     assert json.loads((out / "comparison.json").read_text()) == report
     assert "| test_accuracy |" in (out / "comparison.md").read_text()
+    assert "eval_accuracy" not in report["adapt"] and 0 <= report["adapt"]["eval_token_accuracy"] <= 1
     # the finetuned model's lineage runs base -> adapted
     lineage = AutoConfig.from_pretrained(out / "finetune").transferkit_lineage
     assert lineage == [tiny_bert, str(out / "adapt")]
@@ -70,3 +72,11 @@ def test_overrides_and_bad_stage_key_fail_before_training(tiny_bert, reviews_csv
     assert not (tmp_path / "pipe" / "adapt" / "model.safetensors").exists()
     with pytest.raises(TransferKitError, match="Unknown pipeline key 'stages'"):
         main(["--config", config, "--stages", "2"])
+
+
+def test_validate_names_the_pipeline_section_of_a_missing_key():
+    from transferkit.recipes.pipeline import validate_config
+
+    notes = validate_config(Path(__file__).parents[1] / "recipes/configs/quickstart/pipeline.yaml", [])
+    assert any("pass --classify.train_file at launch" in note for note in notes), notes
+    assert not any("pass --train_file" in note for note in notes)

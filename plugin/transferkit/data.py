@@ -69,13 +69,7 @@ def load_raw_datasets(
 ) -> DatasetDict | IterableDatasetDict:
     """Load every split the user named, from the Hub (`dataset_name`) or local files."""
     if data_args.dataset_name is not None:
-        return load_dataset(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            revision=data_args.dataset_revision,
-            cache_dir=model_args.cache_dir,
-            streaming=streaming,
-        )
+        return _load_hub_dataset(data_args, model_args.cache_dir, streaming)
     splits = {
         "train": data_args.train_file,
         "validation": data_args.validation_file,
@@ -93,6 +87,28 @@ def load_raw_datasets(
         if spec is not None
     }
     return IterableDatasetDict(loaded) if streaming else DatasetDict(loaded)
+
+
+def _load_hub_dataset(data_args: DataArguments, cache_dir: str | None, streaming: bool) -> DatasetDict:
+    """`load_dataset` by Hub id; a dataset that is neither reachable nor cached gets one error naming it."""
+    from datasets.exceptions import DatasetNotFoundError
+
+    name, revision = data_args.dataset_name, data_args.dataset_revision
+    try:
+        return load_dataset(
+            name, data_args.dataset_config_name, revision=revision, cache_dir=cache_dir, streaming=streaming
+        )
+    except (ConnectionError, DatasetNotFoundError, FileNotFoundError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or isinstance(
+            err, ConnectionError
+        )
+        where = "is not in the local cache and the Hub cannot be reached" if offline else "was not found on the Hub"
+        pinned = f" at revision {revision}" if revision else ""
+        raise TransferKitError(
+            f"dataset_name: '{name}'{pinned} {where} ({type(err).__name__}). Check the id (and dataset_revision, "
+            "dataset_config_name, HF_TOKEN for a private dataset); offline, load it once online into the cache "
+            "(HF_DATASETS_CACHE), or point train_file at local files."
+        ) from None
 
 
 def _load_local_split(spec: str, option: str, extensions: tuple[str, ...], cache_dir: str | None, streaming: bool):
@@ -269,7 +285,8 @@ def drop_duplicate_texts(dataset: Dataset, text_columns: list[str]) -> Dataset:
     """Keep the first row of each distinct text, so that no text can land in two splits carved from one file."""
     seen: set[tuple] = set()
     keep = []
-    for index, row in enumerate(zip(*(dataset[column] for column in text_columns))):
+    columns = [dataset[column][:] for column in text_columns]  # whole lists: iterating a Column reads row by row
+    for index, row in enumerate(zip(*columns)):
         if row not in seen:
             seen.add(row)
             keep.append(index)

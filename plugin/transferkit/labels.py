@@ -51,34 +51,40 @@ def infer_label_spec(splits: DatasetDict, column: str, problem_type: str | None)
             f"label_column_name: column '{column}' is not in the train split. "
             f"Columns there: {', '.join(train.column_names)}."
         )
-    for name, split in splits.items():
-        if column in split.column_names:
-            check_labels_present(split, column, name)
-            if problem_type == REGRESSION:
-                _check_numeric(split[column], name, column)
-            elif not isinstance(split.features[column], ClassLabel):
-                _check_one_kind(split[column], name, column, single_requested=problem_type == SINGLE)
+    # Each label column read once as a list: iterating datasets' lazy Column goes row by row (seconds per pass).
+    labels = {name: split[column][:] for name, split in splits.items() if column in split.column_names}
+    for name, values in labels.items():
+        check_labels_present(splits[name], column, name, values=values)
+        if problem_type == REGRESSION:
+            _check_numeric(values, name, column)
+        elif not isinstance(splits[name].features[column], ClassLabel):
+            _check_one_kind(values, name, column, single_requested=problem_type == SINGLE)
     feature = train.features[column]
-    detected = _detect_problem_type(feature, train[column])
+    detected = _detect_problem_type(feature, labels["train"])
     if problem_type is not None and problem_type != detected:
         _check_override(problem_type, detected, column)
     problem_type = problem_type or detected
     if problem_type == REGRESSION:
         return LabelSpec(REGRESSION, ())
-    spec = LabelSpec(problem_type, _label_names(feature, train[column], problem_type))
-    for name, split in splits.items():
-        if name != "train" and column in split.column_names and not _is_class_label_of(split, column, spec):
-            _check_known(spec, split[column], name, column)
-    _warn_rare(spec, train[column])
+    spec = LabelSpec(problem_type, _label_names(feature, labels["train"], problem_type))
+    for name, values in labels.items():
+        if name != "train" and not _is_class_label_of(splits[name], column, spec):
+            _check_known(spec, values, name, column)
+    _warn_rare(spec, labels["train"])
     return spec
 
 
 def check_labels_present(
-    split: Dataset, column: str, name: str, text_columns: Sequence[str] = (), source: str = ""
+    split: Dataset,
+    column: str,
+    name: str,
+    text_columns: Sequence[str] = (),
+    source: str = "",
+    values: list | None = None,
 ) -> None:
     """Every row needs a label; rows whose text is blank are not counted (they are dropped with a count)."""
-    values = split[column]
-    texts = list(zip(*(split[text] for text in text_columns))) if text_columns else [()] * len(values)
+    values = split[column][:] if values is None else values
+    texts = list(zip(*(split[text][:] for text in text_columns))) if text_columns else [()] * len(values)
     missing = [
         index
         for index, (value, text) in enumerate(zip(values, texts))

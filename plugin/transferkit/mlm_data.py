@@ -23,6 +23,7 @@ from transformers import (
 
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
+from transferkit.preprocess import map_fingerprint, tokenizer_fingerprint
 
 EVAL_MASK_PROBABILITY = 0.15
 EVAL_MASK_SEED = 20_24
@@ -67,11 +68,16 @@ def tokenize_for_mlm(
             "desc": "Tokenizing and chunking",
         }
     )
+    tokenizer_key = None if mlm_args.streaming else tokenizer_fingerprint(tokenizer)  # a stream is never cached
     with training_args.main_process_first(desc="tokenizing"):
         chunked = {}
         for name, split in splits.items():
             columns = split.column_names or list(next(iter(split)))  # a streamed split may only know them at row 1
-            chunked[name] = split.map(function, batched=True, remove_columns=columns, fn_kwargs=kwargs, **map_options)
+            options = dict(map_options)
+            if tokenizer_key is not None:
+                settings = {key: value for key, value in kwargs.items() if key != "tokenizer"} | {"removed": columns}
+                options["new_fingerprint"] = map_fingerprint(split, function, tokenizer_key, settings)
+            chunked[name] = split.map(function, batched=True, remove_columns=columns, fn_kwargs=kwargs, **options)
             if name != "train" and not clm:
                 chunked[name] = mask_for_evaluation(chunked[name], tokenizer, map_options)
     return type(splits)(chunked)

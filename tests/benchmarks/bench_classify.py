@@ -1,4 +1,4 @@
-"""Benchmark (not a test): classification training speed with three batching set-ups, side by side.
+"""Benchmark (not a test): classification training speed with batching and compilation set-ups, side by side.
 
 Usage::
 
@@ -11,15 +11,19 @@ epoch, the same seed for data order and the new head's initial weights, the same
 * ``pad128``: every batch padded to 128 tokens, random batches (transformers' run_classification.py as shipped);
 * ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``;
 * ``bucketed``: ``DataCollatorWithPadding`` + TransferKit's :class:`~transferkit.batching.LengthBucketedTrainer`
-  (pools of ``--pool-batches`` batches; ``bucketed_epoch``, not run by default, sorts the whole epoch).
+  (pools of ``--pool-batches`` batches; ``bucketed_epoch``, not run by default, sorts the whole epoch);
+* ``bucketed_compile``: ``bucketed`` with ``torch_compile: true`` (inductor; shapes become dynamic at the first
+  recompile, so a few compiles in all, then one graph for every batch length).
 
 Each run is its own process (so peak RSS is that run's) and trains ``--epochs-fraction`` of an epoch (the
 learning-rate schedule is still the full epoch's; training stops early). Runs are repeated ``--repeats`` times,
 the variant order rotated every repeat (a b c, b c a, c a b, ...) so that background load drifts hit every
 variant alike; the report gives the median over repeats. Measured per run, with
 :func:`~transferkit.throughput.enable_throughput`: training time (evaluation excluded) and its extrapolation to
-one epoch, the process's CPU time for training, non-padding tokens/s, samples/s, padding share; the positions
-(padding included) of a whole epoch's batches as the sampler builds them, a noise-free proxy for an epoch's
+one epoch, both as run and at the steady per-step time after ``--warmup-steps`` (where compilation and allocator
+warm-up go; the warm-up's extra seconds are reported on their own), the process's CPU time for training,
+non-padding tokens/s, samples/s, padding share; the positions (padding included) of a whole epoch's batches as
+the sampler builds them, a noise-free proxy for an epoch's
 compute; then the validation split's evaluation time, padding share and accuracy (meaningful with
 ``--epochs-fraction 1``); peak resident memory (and peak CUDA memory on a GPU). Reports: ``bench_classify.json``
 and ``bench_classify.md`` in ``--out``. On a shared machine, trust the positions and the CPU time over wall time,
@@ -47,8 +51,8 @@ try:
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
 
-VARIANTS = ("pad128", "group_by_length", "bucketed", "bucketed_epoch")
-DEFAULT_VARIANTS = "pad128,group_by_length,bucketed"
+VARIANTS = ("pad128", "group_by_length", "bucketed", "bucketed_epoch", "bucketed_compile")
+DEFAULT_VARIANTS = "pad128,group_by_length,bucketed,bucketed_compile"
 BATCH_SIZE, EVAL_BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE = 32, 64, 128, 5e-5
 
 
@@ -71,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="reviews CSV (default: written by quickstart.prepare_reviews)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--logging-steps", type=int, default=25)
+    parser.add_argument("--warmup-steps", type=int, default=10, help="steps left out of the steady per-step time")
     parser.add_argument("--out", default="bench_results", help="folder for the JSON and Markdown reports")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -99,12 +104,20 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     from transferkit.throughput import enable_throughput
 
     class StopAfter(TrainerCallback):
-        """Stop after `steps` optimizer steps, keeping the full epoch's learning-rate schedule."""
+        """Stop after `steps` optimizer steps, keeping the full epoch's learning-rate schedule; time every step."""
 
         def __init__(self, steps: int) -> None:
             self.steps = steps
+            self.step_seconds: list[float] = []
+            self.last = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.step_seconds.append(now - self.last)
+            self.last = now
             if state.global_step >= self.steps:
                 control.should_training_stop = True
 
@@ -134,6 +147,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
         train_sampling_strategy="random" if variant == "pad128" else "group_by_length",
+        torch_compile=variant.endswith("compile"),
     )
     splits, text_columns, spec = load_classification_splits(data_args, model_args, None, args.seed)
     tokenizer = load_tokenizer(model_args)
@@ -157,7 +171,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=accuracy,
-        callbacks=[StopAfter(steps)],
+        callbacks=[stopper := StopAfter(steps)],
         **kwargs,
     )
     throughput = enable_throughput(trainer)
@@ -186,6 +200,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     evaluation = trainer.evaluate()
     eval_seconds = time.perf_counter() - started
 
+    warm, steady = stopper.step_seconds[: args.warmup_steps], stopper.step_seconds[args.warmup_steps :]
+    steady_step = statistics.mean(steady) if steady else float("nan")
     report = {
         "variant": variant,
         "train_samples": len(tokenized["train"]),
@@ -195,6 +211,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         "train_seconds": seconds,
         "train_wall_seconds": train_wall,
         "epoch_seconds_extrapolated": seconds / result.global_step * steps_per_epoch,
+        "epoch_seconds_steady": steady_step * steps_per_epoch,
+        "warmup_extra_seconds": sum(warm) - steady_step * len(warm),
         "train_cpu_seconds": cpu_seconds,
         "epoch_cpu_seconds_extrapolated": cpu_seconds / result.global_step * steps_per_epoch,
         "nonpad_tokens_per_second": counts.tokens / seconds,
@@ -232,7 +250,7 @@ def child_command(args: argparse.Namespace, variant: str, out: str) -> list[str]
     command = [sys.executable, os.path.abspath(__file__), "--child", variant, "--child-out", out]
     command += ["--epochs-fraction", str(args.epochs_fraction), "--pool-batches", str(args.pool_batches)]
     command += ["--model", args.model, "--data", args.data, "--seed", str(args.seed)]
-    command += ["--logging-steps", str(args.logging_steps)]
+    command += ["--logging-steps", str(args.logging_steps), "--warmup-steps", str(args.warmup_steps)]
     if args.max_train_samples is not None:
         command += ["--max-train-samples", str(args.max_train_samples)]
     return command
@@ -255,7 +273,8 @@ def run_all(args: argparse.Namespace) -> dict:
                 runs.append(run)
                 print(
                     f"  {run['steps']} steps, {run['train_seconds']:.1f} s training "
-                    f"(~{run['epoch_seconds_extrapolated']:.0f} s/epoch), {run['nonpad_tokens_per_second']:.0f} "
+                    f"(~{run['epoch_seconds_extrapolated']:.0f} s/epoch, {run['epoch_seconds_steady']:.0f} steady, "
+                    f"warm-up +{run['warmup_extra_seconds']:.0f} s), {run['nonpad_tokens_per_second']:.0f} "
                     f"non-pad tokens/s, padding {run['padding_share']:.1%}, eval {run['eval_seconds']:.1f} s, "
                     f"acc {run['eval_accuracy']:.3f}",
                     flush=True,
@@ -265,6 +284,8 @@ def run_all(args: argparse.Namespace) -> dict:
 
 SUMMARY_KEYS = (
     "epoch_seconds_extrapolated",
+    "epoch_seconds_steady",
+    "warmup_extra_seconds",
     "epoch_cpu_seconds_extrapolated",
     "train_seconds",
     "nonpad_tokens_per_second",
@@ -291,10 +312,11 @@ def summarise(args: argparse.Namespace, variants: list[str], runs: list[dict]) -
         summary[variant]["steps"] = mine[0]["steps"]
         if "peak_cuda_mb" in mine[0]:
             summary[variant]["peak_cuda_mb"] = statistics.median(run["peak_cuda_mb"] for run in mine)
-    if "group_by_length" in summary:
-        base = summary["group_by_length"]["epoch_seconds_extrapolated"]
-        for row in summary.values():
-            row["speedup_vs_group_by_length"] = base / row["epoch_seconds_extrapolated"]
+    for reference in ("pad128", "group_by_length"):
+        if reference in summary:
+            base = summary[reference]["epoch_seconds_steady"]
+            for row in summary.values():
+                row[f"speedup_vs_{reference}"] = base / row["epoch_seconds_steady"]
     first = runs[0]
     return {
         "settings": {
@@ -310,6 +332,7 @@ def summarise(args: argparse.Namespace, variants: list[str], runs: list[dict]) -
             "max_seq_length": MAX_SEQ_LENGTH,
             "learning_rate": LEARNING_RATE,
             "pool_batches": args.pool_batches,
+            "warmup_steps": args.warmup_steps,
             "seed": args.seed,
             "dtype": "float32",
         },
@@ -345,15 +368,18 @@ def markdown(report: dict) -> str:
         f"{env['loadavg_1min_range'][0]:.1f}-{env['loadavg_1min_range'][1]:.1f} on {env['cpus']} CPUs "
         "(above the CPU count, other work shared the machine and the timings are noisy).",
         "",
-        "| variant | s/epoch (extrap.) | vs group_by_length | CPU s/epoch | non-pad tok/s | samples/s | padding (run) "
-        "| epoch positions (M) | padding (epoch) | eval s | eval padding | eval acc | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | s/epoch (steady) | vs pad128 | vs group_by_length | warm-up extra s | s/epoch (as run) "
+        "| CPU s/epoch | non-pad tok/s | samples/s | padding (run) | epoch positions (M) | padding (epoch) | eval s "
+        "| eval padding | eval acc | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in report["summary"].items():
-        speedup = row.get("speedup_vs_group_by_length")
+        ratios = [row.get(f"speedup_vs_{reference}") for reference in ("pad128", "group_by_length")]
         lines.append(
-            f"| {variant} | {row['epoch_seconds_extrapolated']:.0f} | "
-            f"{f'{speedup:.2f}x' if speedup else '-'} | {row['epoch_cpu_seconds_extrapolated']:.0f} | "
+            f"| {variant} | {row['epoch_seconds_steady']:.0f} | "
+            + " | ".join(f"{ratio:.2f}x" if ratio else "-" for ratio in ratios)
+            + f" | {row['warmup_extra_seconds']:.0f} | {row['epoch_seconds_extrapolated']:.0f} | "
+            f"{row['epoch_cpu_seconds_extrapolated']:.0f} | "
             f"{row['nonpad_tokens_per_second']:.0f} | "
             f"{row['samples_per_second']:.1f} | {row['padding_share']:.1%} | {row['epoch_positions'] / 1e6:.3f} | "
             f"{row['epoch_padding_share']:.1%} | {row['eval_seconds']:.1f} | "
@@ -361,6 +387,9 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
+        f"s/epoch (steady): the mean step time after the first {settings['warmup_steps']} steps times the steps of "
+        "an epoch; the ratios use it. Warm-up extra s: what those first steps took beyond the steady time "
+        "(torch.compile's compilation lands there), paid once per run. "
         "Epoch positions: the positions, padding included, of one whole epoch's batches as each sampler builds them "
         "(no training involved), so a noise-free proxy for the epoch's compute; the timings are not. CPU s/epoch: "
         "the training process's CPU time (all threads), less sensitive than wall time to other work on the machine.",
