@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from recipes import classify, mlm, pipeline
-from tests.tiny import NEGATIVE, POSITIVE, build_tokenizer, launch_two_processes, review, save_tiny_decoder
+from tests.tiny import build_tokenizer, launch_two_processes, review, save_tiny_decoder, write_templated_corpus
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
 from transferkit.lora import LoraArguments, apply_lora, label_kwargs, load_lora_model, save_lora_outputs
@@ -52,18 +52,25 @@ def tiny_llama(tmp_path_factory) -> str:
     return save_tiny_decoder(str(tmp_path_factory.mktemp("tiny-llama")), "llama")
 
 
+def three_step_args(output_dir, **extra) -> TrainingArguments:
+    """Three quick CPU steps at a high learning rate: enough for trained weights to differ from the initial ones."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=5e-2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    """Templated lines: most tokens are predictable from context, so a few epochs visibly lower the loss."""
-    rng = random.Random(0)
-    templates = ("the film was {} and {} .", "this movie is so {} , really {} !")
-    lines = [
-        " ".join(rng.choice(templates).format(*rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)) for _ in range(2))
-        for i in range(120)
-    ]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return write_templated_corpus(str(tmp_path_factory.mktemp("corpus") / "corpus.txt"))
 
 
 def clm_args(model: str, corpus: str, output_dir, *extra: str) -> list[str]:
@@ -218,18 +225,7 @@ def test_clm_lora_with_embeddings_and_head_reloads_to_the_same_logits(kind, tiny
         assert base.lm_head.modules_to_save["default"].weight is embeddings.modules_to_save["default"].weight
     before = embeddings.modules_to_save["default"].weight.detach().clone()
     data = tokenize(tokenizer, [review(random.Random(i), i % 2 == 0) for i in range(24)], MLMArguments(objective="clm"))
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=5e-2,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-    )
+    args = three_step_args(tmp_path, remove_unused_columns=False)
     trainer = Trainer(
         model=model, args=args, train_dataset=data, processing_class=tokenizer, data_collator=CLMCollator(tokenizer)
     )
@@ -377,17 +373,7 @@ def test_decoder_classifier_lora_trains_score_and_reloads(kind, tiny_gpt2, tiny_
     data = Dataset.from_dict(
         {**tokenizer(texts, truncation=True, max_length=32), "labels": [1 - i % 2 for i in range(12)]}
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=5e-2,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        disable_tqdm=True,
-    )
+    args = three_step_args(tmp_path)
     trainer = Trainer(
         model=model,
         args=args,

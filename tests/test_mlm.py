@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForMaskedLM, TrainingArguments
 
 from recipes.mlm import main
-from tests.tiny import NEGATIVE, POSITIVE, build_tokenizer, launch_two_processes
+from tests.tiny import build_tokenizer, launch_two_processes, write_templated_corpus
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
 from transferkit.mlm_data import EVAL_MASK_PROBABILITY, MLMCollator, mask_for_evaluation, tokenize_for_mlm
@@ -22,16 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    """Templated lines: most tokens are predictable from context, so a few epochs visibly lower the loss."""
-    rng = random.Random(0)
-    templates = ("the film was {} and {} .", "this movie is so {} , really {} !")
-    lines = [
-        " ".join(rng.choice(templates).format(*rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)) for _ in range(2))
-        for i in range(120)
-    ]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return write_templated_corpus(str(tmp_path_factory.mktemp("corpus") / "corpus.txt"))
 
 
 def run_args(model: str, corpus: str, output_dir, *extra: str) -> list[str]:

@@ -103,6 +103,19 @@ def write_reviews_csv(path: str, rows: int, seed: int = 0, labels: tuple[str, st
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def write_templated_corpus(path: str, lines: int = 120, seed: int = 0) -> str:
+    """Templated review lines: most tokens are predictable from context, so a few epochs visibly lower an LM loss."""
+    rng = random.Random(seed)
+    templates = ("the film was {} and {} .", "this movie is so {} , really {} !")
+    text = [
+        " ".join(rng.choice(templates).format(*rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)) for _ in range(2))
+        for i in range(lines)
+    ]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(text) + "\n")
+    return path
+
+
 def launch_two_processes(recipe_file: str, args: list[str]) -> subprocess.CompletedProcess:
     """`accelerate launch` a recipe with the shipped 2-process CPU config, as a user would; fails on non-zero exit."""
     command = [

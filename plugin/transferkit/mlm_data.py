@@ -24,6 +24,7 @@ from transformers import (
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
 from transferkit.preprocess import map_fingerprint, tokenizer_fingerprint
+from transferkit.sparse_mlm import predicted_ids_and_labels, scored_accuracy
 
 EVAL_MASK_PROBABILITY = 0.15
 EVAL_MASK_SEED = 20_24
@@ -239,14 +240,5 @@ def next_token_accuracy(eval_pred: Any) -> dict[str, float]:
     Takes `[N, L]` predicted ids (sparse_mlm.preprocess_logits_for_metrics reduces the logits batch by batch) or
     `[N, L, V]` logits; positions whose next label is -100 (padding, the end of a chunk) do not count.
     """
-    predictions, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(predictions, (tuple, list)):
-        predictions = predictions[0]
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if predictions.ndim == labels.ndim + 1:
-        predictions = predictions.argmax(axis=-1)
-    predictions, targets = predictions[:, :-1], labels[:, 1:]
-    scored = targets != -100
-    if not scored.any():
-        return {"accuracy": float("nan")}
-    return {"accuracy": float((predictions[scored] == targets[scored]).mean())}
+    predictions, labels = predicted_ids_and_labels(eval_pred)
+    return scored_accuracy(predictions[:, :-1], labels[:, 1:])

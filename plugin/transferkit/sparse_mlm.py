@@ -285,20 +285,30 @@ def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Te
     return logits
 
 
-def masked_token_accuracy(eval_pred: Any) -> dict[str, float]:
-    """Trainer ``compute_metrics``: the share of masked positions (labels != -100) predicted exactly.
-
-    Accepts ``[N, L]`` predicted ids (from the sparse forward or :func:`preprocess_logits_for_metrics`) or
-    dense ``[N, L, V]`` logits. The key is ``accuracy`` (Trainer reports ``eval_accuracy``) because that is
-    the name Trainer's model card recognises.
-    """
+def predicted_ids_and_labels(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, L]`` predicted ids and labels, from predicted ids (the sparse forward, or
+    :func:`preprocess_logits_for_metrics`) or dense ``[N, L, V]`` logits."""
     predictions, labels = eval_pred.predictions, eval_pred.label_ids
     if isinstance(predictions, (tuple, list)):
         predictions = predictions[0]
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.ndim == labels.ndim + 1:
         predictions = predictions.argmax(axis=-1)
-    masked = labels != IGNORE_INDEX
-    if not masked.any():
+    return predictions, labels
+
+
+def scored_accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The share of positions whose label is not IGNORE_INDEX that were predicted exactly (NaN when none is)."""
+    scored = labels != IGNORE_INDEX
+    if not scored.any():
         return {"accuracy": float("nan")}
-    return {"accuracy": float((predictions[masked] == labels[masked]).mean())}
+    return {"accuracy": float((predictions[scored] == labels[scored]).mean())}
+
+
+def masked_token_accuracy(eval_pred: Any) -> dict[str, float]:
+    """Trainer ``compute_metrics``: the share of masked positions (labels != -100) predicted exactly.
+
+    The key is ``accuracy`` (Trainer reports ``eval_accuracy``) because that is the name Trainer's model card
+    recognises.
+    """
+    return scored_accuracy(*predicted_ids_and_labels(eval_pred))
