@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from recipes.classify import main
-from tests.tiny import launch_two_processes, write_reviews_csv
+from tests.tiny import launch_two_processes, save_tiny_decoder, write_reviews_csv
 from transferkit.errors import TransferKitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,38 +283,8 @@ def test_text_cleaning_stage_runs_inside_the_recipe(tiny_bert, tmp_path):
     assert any(text.endswith((" !", " .")) for text in texts)  # NLTK word tokens re-joined with spaces
 
 
-def save_tiny_gpt2(directory) -> str:
-    """A tiny GPT-2 with a word-level tokenizer that, like GPT-2's own, has an EOS token and no pad token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from tests.tiny import WORDS
-
-    vocab = {token: index for index, token in enumerate(["<|endoftext|>", "<unk>", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>", model_max_length=64
-    )
-    torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(vocab),
-            n_positions=64,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            resid_pdrop=0,
-            embd_pdrop=0,
-            attn_pdrop=0,
-        )
-    ).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
-
-
 def test_decoder_classifier_gets_a_pad_token_and_pools_the_last_real_token(reviews_csv, tmp_path):
-    model_dir = save_tiny_gpt2(tmp_path / "gpt2")
+    model_dir = save_tiny_decoder(str(tmp_path / "gpt2"), "gpt2")
     out = tmp_path / "gpt2-cls"
     main(base_args(model_dir, reviews_csv, out, "--max_steps", "6", "--test_split_percentage", "10"))
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
