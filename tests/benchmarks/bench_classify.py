@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -419,15 +420,19 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(report, handle)
         return 0
     prepare_inputs(args)
-    report = run_all(args)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_classify.json"), "w") as handle:
+    write_reports(args.out, "bench_classify", run_all(args), markdown)
+    return 0
+
+
+def write_reports(out: str, name: str, report: dict, markdown: Callable[[dict], str]) -> None:
+    """`<name>.json` and `<name>.md` in `out`; the Markdown is printed too (the benchmarks share this)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as handle:
         json.dump(report, handle, indent=2)
     text = markdown(report)
-    with open(os.path.join(args.out, "bench_classify.md"), "w") as handle:
+    with open(os.path.join(out, f"{name}.md"), "w") as handle:
         handle.write(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_classify, next to this file
-from bench_classify import prepare_inputs  # noqa: E402
+from bench_classify import prepare_inputs, write_reports  # noqa: E402
 
 PATHS = ("classify", "mlm")
 MAX_SEQ_LENGTH = 128
@@ -213,13 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_1min": os.getloadavg()[0],
         },
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_preprocess.json"), "w") as handle:
-        json.dump(report, handle, indent=2)
-    text = markdown(report)
-    with open(os.path.join(args.out, "bench_preprocess.md"), "w") as handle:
-        handle.write(text)
-    print(text)
+    write_reports(args.out, "bench_preprocess", report, markdown)
     return 0
 
 
