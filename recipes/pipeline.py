@@ -71,7 +71,7 @@ def validate_config(path, overrides: list[str]) -> list[str]:
     """`transferkit validate` for a pipeline config: each stage's keys through that stage's recipe checks."""
     import tempfile
 
-    from transferkit.launch import validate_recipe_config
+    from transferkit.validate import validate_recipe_config
 
     config = load_pipeline_config(["--config", str(path), *overrides])
     notes = []

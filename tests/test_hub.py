@@ -33,14 +33,13 @@ from tests.tiny import build_tokenizer, tiny_bert_config
 from transferkit.errors import TransferKitError
 from transferkit.hub import (
     PushError,
-    build_model_card,
     check_push_access,
     push_checkpoint,
     push_main,
     push_output_dir,
     select_files,
-    write_model_card,
 )
+from transferkit.model_card import build_model_card, write_model_card
 
 TEXTS = ["the movie was great", "a very boring and bad plot", "dull ending !"]
 REPO = "tester/tiny-bert"

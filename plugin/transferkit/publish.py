@@ -31,8 +31,8 @@ from transferkit.hub import (
     check_push_access,
     push_checkpoint,
     push_output_dir,
-    write_model_card,
 )
+from transferkit.model_card import write_model_card
 from transferkit.reports import output_path, plot_training_curves
 
 logger = logging.getLogger(__name__)
