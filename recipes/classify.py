@@ -6,8 +6,8 @@ Supports:
 - data from the Hub (`dataset_name`) or local csv / tsv / json / jsonl / parquet files, folders or globs; a
   validation (and test) split carved from train when missing, stratified by label;
 - dynamic padding with length-grouped batches, class weights (`class_weights: auto`), early stopping with
-  best-model selection, offline metrics (accuracy, F1, precision, recall, MCC / multi-label F1 / MSE, Pearson,
-  Spearman);
+  best-model selection, the new head trained alone for `head_warmup_steps` before the whole model, offline
+  metrics (accuracy, F1, precision, recall, MCC / multi-label F1 / MSE, Pearson, Spearman);
 - outputs in `output_dir`: model + tokenizer (safetensors), all_results.json, test predictions CSV, confusion
   matrix and training-curve PNGs, a model card.
 
@@ -56,6 +56,7 @@ from transferkit.train import (
     disable_eval_without_split,
     early_stopping_callbacks,
     evaluate_and_save,
+    head_warmup_callbacks,
     log_run_plan,
     runtime_defaults,
     start_run,
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
     disable_eval_without_split(training_args, "validation" in tokenized)
     callbacks = early_stopping_callbacks(training_args, cls_args, spec.problem_type)
+    callbacks += head_warmup_callbacks(cls_args.head_warmup_steps, model)
     log_run_plan(tokenized, training_args)
 
     trainer_kwargs = {}

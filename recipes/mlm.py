@@ -56,10 +56,10 @@ from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import enable_throughput
 from transferkit.train import (
-    HeadWarmupCallback,
     MLMTrainer,
     disable_eval_without_split,
     evaluate_and_save,
+    head_warmup_callbacks,
     log_run_plan,
     runtime_defaults,
     start_run,
@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     disable_eval_without_split(training_args, "validation" in tokenized)
     log_run_plan(tokenized, training_args)
 
-    callbacks = [HeadWarmupCallback(mlm_args.head_warmup_steps, model.base_model_prefix)]
     trainer = MLMTrainer(
         model=model,
         args=training_args,
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=lm_collator(tokenizer, mlm_args),
         compute_metrics=next_token_accuracy if clm else masked_token_accuracy,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        callbacks=callbacks if mlm_args.head_warmup_steps else [],
+        callbacks=head_warmup_callbacks(mlm_args.head_warmup_steps, model),
     )
     check_requested_backend(trainer, recipe="mlm")
     enable_throughput(trainer, output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)

@@ -112,8 +112,18 @@ class ClassificationArguments:
         **_help("Stop after this many evaluations without improvement of metric_for_best_model; keeps the best model."),
     )
     early_stopping_threshold: float = field(default=0.0, **_help("Smallest change that counts as an improvement."))
+    head_warmup_steps: int = field(
+        default=0,
+        **_help(
+            "Train only the new classification head for this many steps, then the whole model (linear probing "
+            "then finetuning): the random head does not disturb the pretrained encoder early on. The quickstart "
+            "uses one epoch of steps."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.head_warmup_steps < 0:
+            raise TransferKitError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}.")
         if self.problem_type not in (None, *PROBLEM_TYPES):
             raise TransferKitError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}.")
         if self.class_weights and self.class_weights != ["auto"]:

@@ -13,7 +13,12 @@ epoch, the same seed for data order and the new head's initial weights, the same
 * ``bucketed``: ``DataCollatorWithPadding`` + TransferKit's :class:`~transferkit.batching.LengthBucketedTrainer`
   (pools of ``--pool-batches`` batches; ``bucketed_epoch``, not run by default, sorts the whole epoch);
 * ``bucketed_compile``: ``bucketed`` with ``torch_compile: true`` (inductor; shapes become dynamic at the first
-  recompile, so a few compiles in all, then one graph for every batch length).
+  recompile, so a few compiles in all, then one graph for every batch length);
+* ``bucketed_loop`` (not run by default): ``bucketed``'s DataLoader, optimizer and schedule driven by a bare
+  PyTorch loop instead of ``Trainer.train``, each phase timed (batch, forward, backward, clip, optimizer,
+  zero_grad). Its gap to ``bucketed`` is Trainer's per-step overhead (callbacks, logging, host syncs); its phases
+  show how much of a step is fixed cost (gradient clipping and AdamW over all 22.7M parameters, half of them the
+  word embeddings) rather than compute that grows with the tokens.
 
 Each run is its own process (so peak RSS is that run's) and trains ``--epochs-fraction`` of an epoch (the
 learning-rate schedule is still the full epoch's; training stops early). Runs are repeated ``--repeats`` times,
@@ -52,7 +57,7 @@ try:
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
 
-VARIANTS = ("pad128", "group_by_length", "bucketed", "bucketed_epoch", "bucketed_compile")
+VARIANTS = ("pad128", "group_by_length", "bucketed", "bucketed_epoch", "bucketed_compile", "bucketed_loop")
 DEFAULT_VARIANTS = "pad128,group_by_length,bucketed,bucketed_compile"
 BATCH_SIZE, EVAL_BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE = 32, 64, 128, 5e-5
 
@@ -175,15 +180,24 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         callbacks=[stopper := StopAfter(steps)],
         **kwargs,
     )
-    throughput = enable_throughput(trainer)
+    throughput = None if variant == "bucketed_loop" else enable_throughput(trainer)
     load = os.getloadavg()[0]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    result = trainer.train()
+    phases = {}
+    if throughput is None:
+        train_loss, stopper.step_seconds, phases, counts = bare_loop(trainer, steps, steps_per_epoch)
+        global_step, seconds = steps, sum(stopper.step_seconds)
+        tokens, positions, samples = counts["tokens"], counts["positions"], counts["samples"]
+    else:
+        result = trainer.train()
+        global_step, train_loss = result.global_step, result.training_loss
+        counted = throughput.total_counts()
+        tokens, positions, samples = counted.tokens, counted.positions, counted.samples
+        seconds = throughput.total_seconds
     train_wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_seconds = after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime
-    counts, seconds = throughput.total_counts(), throughput.total_seconds
 
     # A noise-free proxy for an epoch's compute: the positions (padding included) of a whole epoch's batches, from
     # a fresh pass over the training batch sampler (indices only, nothing collated or trained).
@@ -208,20 +222,20 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         "train_samples": len(tokenized["train"]),
         "validation_samples": len(tokenized["validation"]),
         "steps_per_epoch": steps_per_epoch,
-        "steps": result.global_step,
+        "steps": global_step,
         "train_seconds": seconds,
         "train_wall_seconds": train_wall,
-        "epoch_seconds_extrapolated": seconds / result.global_step * steps_per_epoch,
+        "epoch_seconds_extrapolated": seconds / global_step * steps_per_epoch,
         "epoch_seconds_steady": steady_step * steps_per_epoch,
         "warmup_extra_seconds": sum(warm) - steady_step * len(warm),
         "train_cpu_seconds": cpu_seconds,
-        "epoch_cpu_seconds_extrapolated": cpu_seconds / result.global_step * steps_per_epoch,
-        "nonpad_tokens_per_second": counts.tokens / seconds,
-        "samples_per_second": counts.samples / seconds,
-        "padding_share": 1 - counts.tokens / counts.positions,
+        "epoch_cpu_seconds_extrapolated": cpu_seconds / global_step * steps_per_epoch,
+        "nonpad_tokens_per_second": tokens / seconds,
+        "samples_per_second": samples / seconds,
+        "padding_share": 1 - tokens / positions,
         "epoch_positions": epoch_positions,
         "epoch_padding_share": 1 - lengths.sum() / epoch_positions,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "eval_seconds": eval_seconds,
         "eval_padding_share": 1 - eval_tokens / eval_positions,
         "eval_accuracy": evaluation["eval_accuracy"],
@@ -230,10 +244,53 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         "loadavg_1min_before": load,
         "loadavg_1min_after": os.getloadavg()[0],
         "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "step_phase_seconds": {name: statistics.mean(t[args.warmup_steps :] or t) for name, t in phases.items()},
     }
     if torch.cuda.is_available():
         report["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return report
+
+
+def bare_loop(trainer, steps: int, steps_per_epoch: int) -> tuple[float, list[float], dict[str, list[float]], dict]:
+    """Train `steps` steps with the trainer's DataLoader, optimizer and schedule, but no Trainer loop; time phases.
+
+    Returns (mean loss, seconds per step, seconds per phase per step, token counts).
+    """
+    import torch
+
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps_per_epoch)
+    optimizer, scheduler, model = trainer.optimizer, trainer.lr_scheduler, trainer.model
+    model.train()
+    phases: dict[str, list[float]] = {name: [] for name in LOOP_PHASES}
+    step_seconds, losses = [], []
+    counts = {"tokens": 0, "positions": 0, "samples": 0}
+    batches = iter(trainer.get_train_dataloader())
+    for _ in range(steps):
+        marks = [time.perf_counter()]
+        batch = next(batches)
+        marks.append(time.perf_counter())
+        loss = model(**batch).loss
+        marks.append(time.perf_counter())
+        loss.backward()
+        marks.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+        marks.append(time.perf_counter())
+        optimizer.step()
+        scheduler.step()
+        marks.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        marks.append(time.perf_counter())
+        for name, start, end in zip(LOOP_PHASES, marks, marks[1:]):
+            phases[name].append(end - start)
+        step_seconds.append(marks[-1] - marks[0])
+        losses.append(loss.item())
+        counts["tokens"] += int(batch["attention_mask"].sum())
+        counts["positions"] += batch["attention_mask"].numel()
+        counts["samples"] += len(batch["attention_mask"])
+    return statistics.mean(losses), step_seconds, phases, counts
+
+
+LOOP_PHASES = ("batch", "forward", "backward", "clip", "optimizer", "zero_grad")
 
 
 # ---- the orchestration ---------------------------------------------------------------------------------------
@@ -311,6 +368,11 @@ def summarise(args: argparse.Namespace, variants: list[str], runs: list[dict]) -
         mine = [run for run in runs if run["variant"] == variant]
         summary[variant] = {key: statistics.median(run[key] for run in mine) for key in SUMMARY_KEYS}
         summary[variant]["steps"] = mine[0]["steps"]
+        if mine[0].get("step_phase_seconds"):
+            summary[variant]["step_phase_seconds"] = {
+                name: statistics.median(run["step_phase_seconds"][name] for run in mine)
+                for name in mine[0]["step_phase_seconds"]
+            }
         if "peak_cuda_mb" in mine[0]:
             summary[variant]["peak_cuda_mb"] = statistics.median(run["peak_cuda_mb"] for run in mine)
     for reference in ("pad128", "group_by_length"):
@@ -366,8 +428,12 @@ def markdown(report: dict) -> str:
         "variant order rotated; medians over repeats. "
         f"Device: {env['device']}, {env['threads']} threads, torch {env['torch']}, "
         f"transformers {env['transformers']}. 1-minute load average during the runs: "
-        f"{env['loadavg_1min_range'][0]:.1f}-{env['loadavg_1min_range'][1]:.1f} on {env['cpus']} CPUs "
-        "(above the CPU count, other work shared the machine and the timings are noisy).",
+        f"{env['loadavg_1min_range'][0]:.1f}-{env['loadavg_1min_range'][1]:.1f} on {env['cpus']} CPUs"
+        + (
+            " (above the CPU count: other work shared the machine and the timings are noisy)."
+            if env["loadavg_1min_range"][1] > env["cpus"] + 0.5
+            else "."
+        ),
         "",
         "| variant | s/epoch (steady) | vs pad128 | vs group_by_length | warm-up extra s | s/epoch (as run) "
         "| CPU s/epoch | non-pad tok/s | samples/s | padding (run) | epoch positions (M) | padding (epoch) | eval s "
@@ -402,6 +468,7 @@ def markdown(report: dict) -> str:
             "extrapolated from the steps run, and group_by_length runs each megabatch (50 batches; a quarter of the "
             "epoch on small data) longest-first, so a fraction that ends mid-megabatch over-weights its long batches.",
         ]
+    lines += phase_lines(report["summary"], settings["steps_per_epoch"])
     lines += ["", "Runs:", ""]
     for run in report["runs"]:
         lines.append(
@@ -410,6 +477,24 @@ def markdown(report: dict) -> str:
             f"{run['loadavg_1min_before']:.1f} -> {run['loadavg_1min_after']:.1f}"
         )
     return "\n".join(lines) + "\n"
+
+
+def phase_lines(summary: dict, steps_per_epoch: int) -> list[str]:
+    """Where a bare-loop step's time goes, and Trainer's per-step overhead (its steady step minus the loop's)."""
+    loop = summary.get("bucketed_loop", {})
+    phases = loop.get("step_phase_seconds")
+    if not phases:
+        return []
+    step = sum(phases.values())
+    parts = ", ".join(f"{name} {seconds * 1000:.0f} ms ({seconds / step:.1%})" for name, seconds in phases.items())
+    lines = ["", f"Step phases (bucketed_loop, steady mean step {step * 1000:.0f} ms): {parts}."]
+    if "bucketed" in summary:
+        trainer_step = summary["bucketed"]["epoch_seconds_steady"] / steps_per_epoch
+        lines.append(
+            f"Trainer's steady step on the same batches: {trainer_step * 1000:.0f} ms, so its loop adds "
+            f"{(trainer_step - step) * 1000:.0f} ms a step ({trainer_step / step - 1:.1%})."
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
