@@ -184,16 +184,14 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     load = os.getloadavg()[0]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    phases = {}
     if throughput is None:
-        train_loss, stopper.step_seconds, phases, counts = bare_loop(trainer, steps, steps_per_epoch)
-        global_step, seconds = steps, sum(stopper.step_seconds)
-        tokens, positions, samples = counts["tokens"], counts["positions"], counts["samples"]
+        train_loss, step_seconds, phases, (samples, tokens, positions) = bare_loop(trainer, steps, steps_per_epoch)
+        global_step, seconds = steps, sum(step_seconds)
     else:
         result = trainer.train()
         global_step, train_loss = result.global_step, result.training_loss
-        counted = throughput.total_counts()
-        tokens, positions, samples = counted.tokens, counted.positions, counted.samples
+        step_seconds, phases = stopper.step_seconds, {}
+        _, samples, tokens, positions = throughput.total_counts()
         seconds = throughput.total_seconds
     train_wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -215,7 +213,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     evaluation = trainer.evaluate()
     eval_seconds = time.perf_counter() - started
 
-    warm, steady = stopper.step_seconds[: args.warmup_steps], stopper.step_seconds[args.warmup_steps :]
+    warm, steady = step_seconds[: args.warmup_steps], step_seconds[args.warmup_steps :]
     steady_step = statistics.mean(steady) if steady else float("nan")
     report = {
         "variant": variant,
@@ -251,19 +249,23 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     return report
 
 
-def bare_loop(trainer, steps: int, steps_per_epoch: int) -> tuple[float, list[float], dict[str, list[float]], dict]:
+LOOP_PHASES = ("batch", "forward", "backward", "clip", "optimizer", "zero_grad")
+
+
+def bare_loop(trainer, steps: int, steps_per_epoch: int) -> tuple[float, list[float], dict[str, list[float]], tuple]:
     """Train `steps` steps with the trainer's DataLoader, optimizer and schedule, but no Trainer loop; time phases.
 
-    Returns (mean loss, seconds per step, seconds per phase per step, token counts).
+    Returns (mean loss, seconds per step, seconds per phase per step, (samples, non-padding tokens, positions)).
     """
     import torch
+
+    from transferkit.throughput import count_batch
 
     trainer.create_optimizer_and_scheduler(num_training_steps=steps_per_epoch)
     optimizer, scheduler, model = trainer.optimizer, trainer.lr_scheduler, trainer.model
     model.train()
     phases: dict[str, list[float]] = {name: [] for name in LOOP_PHASES}
-    step_seconds, losses = [], []
-    counts = {"tokens": 0, "positions": 0, "samples": 0}
+    step_seconds, losses, counts = [], [], []
     batches = iter(trainer.get_train_dataloader())
     for _ in range(steps):
         marks = [time.perf_counter()]
@@ -284,13 +286,8 @@ def bare_loop(trainer, steps: int, steps_per_epoch: int) -> tuple[float, list[fl
             phases[name].append(end - start)
         step_seconds.append(marks[-1] - marks[0])
         losses.append(loss.item())
-        counts["tokens"] += int(batch["attention_mask"].sum())
-        counts["positions"] += batch["attention_mask"].numel()
-        counts["samples"] += len(batch["attention_mask"])
-    return statistics.mean(losses), step_seconds, phases, counts
-
-
-LOOP_PHASES = ("batch", "forward", "backward", "clip", "optimizer", "zero_grad")
+        counts.append(count_batch(batch))
+    return statistics.mean(losses), step_seconds, phases, tuple(map(sum, zip(*counts)))
 
 
 # ---- the orchestration ---------------------------------------------------------------------------------------
