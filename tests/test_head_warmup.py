@@ -3,10 +3,13 @@ wrapped; the classify recipe's saved encoder is untouched after a head-only run.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, TrainingArguments
 from transformers.trainer_callback import TrainerControl, TrainerState
+from transformers.training_args import ParallelMode
 
 from tests.tiny import save_tiny_decoder
 from transferkit.errors import TransferKitError
@@ -51,6 +54,68 @@ def test_lora_llama_classifier_prefix_model_does_not_match_the_peft_wrapper(tmp_
     assert head and adapters
     assert all(has_grad[name] for name in head)
     assert not any(has_grad[name] for name in adapters)
+
+
+def state_at(global_step: int, max_steps: int = 10) -> TrainerState:
+    state = TrainerState()
+    state.global_step, state.max_steps = global_step, max_steps
+    return state
+
+
+def trainable(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_single_process_warmup_freezes_the_encoder_so_backward_stops_at_the_head(tiny_bert, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    everything = trainable(model)
+    (callback,) = head_warmup_callbacks(3, model)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert args.parallel_mode == ParallelMode.NOT_PARALLEL
+    callback.on_train_begin(args, state_at(0), TrainerControl(), model=model)
+    assert trainable(model) == {"classifier.weight", "classifier.bias"}
+    inputs = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=inputs, labels=torch.tensor([1])).loss.backward()
+    assert model.classifier.weight.grad is not None
+    assert all(p.grad is None for name, p in model.named_parameters() if name.startswith("bert."))
+    callback.on_step_end(args, state_at(2), TrainerControl())
+    assert trainable(model) == {"classifier.weight", "classifier.bias"}  # still warming up
+    callback.on_step_end(args, state_at(3), TrainerControl())
+    assert trainable(model) == everything
+
+
+def test_resuming_after_the_warmup_freezes_nothing(tiny_bert, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    everything = trainable(model)
+    (callback,) = head_warmup_callbacks(3, model)
+    callback.on_train_begin(
+        TrainingArguments(output_dir=str(tmp_path), use_cpu=True), state_at(5), TrainerControl(), model=model
+    )
+    assert trainable(model) == everything
+
+
+def test_distributed_warmup_keeps_every_parameter_trainable(tiny_bert):
+    # DDP registered every trainable parameter when it wrapped the model: freezing would break its reducer.
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    everything = trainable(model)
+    (callback,) = head_warmup_callbacks(3, model)
+    callback.on_train_begin(
+        SimpleNamespace(parallel_mode=ParallelMode.DISTRIBUTED), state_at(0), TrainerControl(), model=model
+    )
+    assert trainable(model) == everything
+
+
+def test_lora_warmup_unfreezes_only_what_it_froze(tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(save_tiny_decoder(str(tmp_path), "llama"), num_labels=2)
+    model.config.pad_token_id = 0
+    model = apply_lora(model, LoraArguments(use_peft=True, lora_r=2), "classification")
+    before = trainable(model)
+    (callback,) = head_warmup_callbacks(3, model)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True)
+    callback.on_train_begin(args, state_at(0), TrainerControl(), model=model)
+    assert trainable(model) and all(".score." in name for name in trainable(model))
+    callback.on_train_end(args, state_at(3), TrainerControl())
+    assert trainable(model) == before  # the base weights stay frozen, the adapters learn again
 
 
 def test_zero_steps_adds_no_callback_and_a_model_without_encoder_is_refused(tiny_bert):

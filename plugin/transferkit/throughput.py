@@ -45,7 +45,7 @@ What the figures mean, precisely:
   is tied to the input embeddings (an MLM decoder: it is a matmul at every position), ``L`` the layers, ``d`` the
   hidden size and ``T`` the mean non-padding sequence length of the interval (the attention score and value
   matmuls, as in the PaLM paper's MFU appendix). Padding is not counted as useful work, so a padded run shows
-  a lower MFU. Frozen weights (LoRA) are still counted as 6 FLOPs per parameter: it is a *model* FLOPs figure.
+  a lower MFU. Frozen weights (LoRA, a head warm-up) still count 6 FLOPs per parameter: a *model* FLOPs figure.
   With the sparse MLM head (``transferkit.sparse_mlm``), which projects onto the vocabulary only at the
   masked positions, pass ``output_head_fraction=`` the masking probability (0.15); ``flops_per_token=`` replaces
   the whole estimate.
