@@ -22,10 +22,9 @@ import pytest
 
 from recipes.classify import main as classify
 from recipes.mlm import main as mlm
-from tests.tiny import build_tokenizer
+from tests.tiny import REPO, build_tokenizer
 from transferkit.errors import DEBUG_HINT, exit_on_user_error
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD_ROWS = ["the film was good", "a dull plot", "great cast and really fun", "boring and flat", "so warm and clever"]
 HEADER = "text,label\n"
 

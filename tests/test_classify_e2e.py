@@ -13,10 +13,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from recipes.classify import main
-from tests.tiny import launch_two_processes, save_tiny_decoder, write_reviews_csv
+from tests.tiny import REPO, launch_two_processes, save_tiny_decoder, write_reviews_csv
 from transferkit.errors import TransferKitError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def base_args(model: str, train_file: str, output_dir, *extra: str) -> list[str]:

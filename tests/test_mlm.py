@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -15,8 +14,6 @@ from tests.tiny import build_tokenizer, launch_two_processes, write_templated_co
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
 from transferkit.mlm_data import EVAL_MASK_PROBABILITY, MLMCollator, mask_for_evaluation, tokenize_for_mlm
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

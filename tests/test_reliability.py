@@ -24,12 +24,11 @@ from safetensors.torch import save_file
 import recipes.classify
 import transferkit.train
 from recipes.classify import main
-from tests.tiny import review
+from tests.tiny import REPO, review
 from transferkit.arguments import RunArguments
 from transferkit.errors import TransferKitError
 from transferkit.reliability import check_output_dir_writable, last_valid_checkpoint, plan_run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Losses / metrics of a resumed run against the uninterrupted one (fp32 CPU, same seed). Measured here: bit-identical
 # in one process, 6e-8 apart under 2-process DDP; the tolerance leaves room for other CPUs' kernels.
 RESUME_TOL = 1e-4
