@@ -1,5 +1,5 @@
 """head_warmup_steps: only the task head learns at first (linear probing, then finetuning), however the model is
-wrapped; the classify recipe's saved encoder is untouched after a head-only run."""
+wrapped; the recipes' saved encoder (tied embeddings included) is untouched after a head-only run."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, TrainingArguments
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, TrainingArguments
 from transformers.trainer_callback import TrainerControl, TrainerState
 from transformers.training_args import ParallelMode
 
-from tests.tiny import save_tiny_decoder
+from recipes import classify, mlm
+from tests.test_classify_e2e import base_args
+from tests.test_mlm import run_args
+from tests.tiny import save_tiny_decoder, write_templated_corpus
 from transferkit.errors import TransferKitError
 from transferkit.lora import LoraArguments, apply_lora
 from transferkit.train import head_warmup_callbacks, unwrapped_name
@@ -123,3 +126,22 @@ def test_zero_steps_adds_no_callback_and_a_model_without_encoder_is_refused(tiny
     assert head_warmup_callbacks(0, model) == []
     with pytest.raises(TransferKitError, match="head_warmup_steps"):
         head_warmup_callbacks(5, torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("recipe", ["classify", "mlm"])
+def test_recipe_warmup_leaves_the_encoder_as_loaded(recipe, tiny_bert, reviews_csv, tmp_path):
+    if recipe == "classify":
+        auto_class, main, args = AutoModelForSequenceClassification, classify.main, base_args
+        data, load_kwargs = reviews_csv, {"num_labels": 2}
+    else:
+        auto_class, main, args = AutoModelForMaskedLM, mlm.main, run_args
+        data, load_kwargs = write_templated_corpus(str(tmp_path / "corpus.txt")), {}
+    before = auto_class.from_pretrained(tiny_bert, **load_kwargs).state_dict()
+    # The checkpoint's weights (the tiny model has no pooler: a random one is drawn at each load).
+    encoder = [name for name in before if name.startswith(("bert.embeddings.", "bert.encoder."))]
+    # 1 of 3 steps: the control, where the encoder is unfrozen after the warm-up and moves.
+    for warmup, encoder_kept in (("3", True), ("1", False)):
+        out = tmp_path / f"warmup-{warmup}"
+        main(args(tiny_bert, data, out, "--max_steps", "3", "--head_warmup_steps", warmup))
+        after = auto_class.from_pretrained(out).state_dict()
+        assert all(torch.equal(before[name], after[name]) for name in encoder) is encoder_kept

@@ -72,17 +72,6 @@ def test_run_writes_model_metrics_and_learns(tiny_bert, corpus, tmp_path):
     assert model.config.model_type == "bert"
 
 
-def test_head_warmup_leaves_the_encoder_and_tied_embeddings_as_loaded(tiny_bert, corpus, tmp_path):
-    before = AutoModelForMaskedLM.from_pretrained(tiny_bert).state_dict()
-    encoder = [name for name in before if name.startswith(("bert.embeddings.", "bert.encoder."))]
-    # 1 of 3 steps: the control, where the encoder is unfrozen after the warm-up and moves.
-    for warmup, encoder_kept in (("3", True), ("1", False)):
-        out = tmp_path / f"warmup-{warmup}"
-        main(run_args(tiny_bert, corpus, out, "--max_steps", "3", "--head_warmup_steps", warmup))
-        after = AutoModelForMaskedLM.from_pretrained(out).state_dict()
-        assert all(torch.equal(before[name], after[name]) for name in encoder) is encoder_kept
-
-
 def test_packed_chunks_are_full_and_keep_document_separators():
     tokenizer = build_tokenizer()
     chunks = tokenize(["good film . " * 6, "bad plot ! " * 6], MLMArguments(), size=16)
