@@ -192,7 +192,7 @@ def unwrapped_name(name: str) -> str:
 
 
 class HeadWarmupCallback(TrainerCallback):
-    """For the first `steps` optimizer steps, update only the task head; the encoder's gradients are dropped.
+    """For the first `steps` optimizer steps, update only the task head: the encoder is frozen or its grads dropped.
 
     Why: a new, randomly initialised head sends large, noisy gradients into the pretrained encoder at the start
     and distorts its features; training the head alone first, then everything ("linear probing then finetuning",
@@ -230,8 +230,8 @@ class HeadWarmupCallback(TrainerCallback):
                 parameter.requires_grad_(False)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if state.global_step >= self.steps or model is None:
-            return
+        if self.frozen or state.global_step >= self.steps or model is None:
+            return  # frozen: the encoder has no gradients to drop
         for name, parameter in model.named_parameters():
             if self.is_encoder(name):
                 parameter.grad = None
