@@ -5,8 +5,9 @@ Usage::
     python tests/benchmarks/bench_classify.py [--epochs-fraction F] [--repeats R] [--out DIR]
 
 Variants, everything else equal (the quickstart model all-MiniLM-L6-v2 and Rotten Tomatoes reviews, duplicates
-dropped, seeded 80/10/10 split; fp32, batch 32, max_seq_length 128, lr 5e-5 with a linear schedule over one
-epoch, the same seed for data order and the new head's initial weights, the same training split):
+dropped, seeded 80/10/10 split; fp32 unless a variant says bf16, batch 32, max_seq_length 128, lr 5e-5 with a
+linear schedule over one epoch, the same seed for data order and the new head's initial weights, the same
+training split):
 
 * ``pad128``: every batch padded to 128 tokens, random batches (transformers' run_classification.py as shipped);
 * ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``;
@@ -14,6 +15,8 @@ epoch, the same seed for data order and the new head's initial weights, the same
   (pools of ``--pool-batches`` batches; ``bucketed_epoch``, not run by default, sorts the whole epoch);
 * ``bucketed_compile``: ``bucketed`` with ``torch_compile: true`` (inductor; shapes become dynamic at the first
   recompile, so a few compiles in all, then one graph for every batch length);
+* ``bucketed_bf16`` (not run by default): ``bucketed`` under bf16 autocast (``bf16: true``; on a CPU with
+  ``use_cpu: true``, which CPU autocast needs); a CPU speed-up needs AMX / AVX-512 bf16 (``lscpu`` flags);
 * ``bucketed_loop`` (not run by default): ``bucketed``'s DataLoader, optimizer and schedule driven by a bare
   PyTorch loop instead of ``Trainer.train``, each phase timed (batch, forward, backward, clip, optimizer,
   zero_grad). Its gap to ``bucketed`` is Trainer's per-step overhead (callbacks, logging, host syncs); its phases
@@ -56,7 +59,15 @@ try:
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
 
-VARIANTS = ("pad128", "group_by_length", "bucketed", "bucketed_epoch", "bucketed_compile", "bucketed_loop")
+VARIANTS = (
+    "pad128",
+    "group_by_length",
+    "bucketed",
+    "bucketed_epoch",
+    "bucketed_compile",
+    "bucketed_bf16",
+    "bucketed_loop",
+)
 DEFAULT_VARIANTS = "pad128,group_by_length,bucketed,bucketed_compile"
 BATCH_SIZE, EVAL_BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE = 32, 64, 128, 5e-5
 
@@ -156,6 +167,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         dataloader_pin_memory=torch.cuda.is_available(),
         train_sampling_strategy="random" if variant == "pad128" else "group_by_length",
         torch_compile=variant.endswith("compile"),
+        bf16=variant.endswith("bf16"),
+        use_cpu=variant.endswith("bf16") and not torch.cuda.is_available(),  # CPU autocast needs use_cpu (facts.md)
     )
     splits, text_columns, spec = load_classification_splits(data_args, model_args, None, args.seed)
     tokenizer = load_tokenizer(model_args)
@@ -421,7 +434,8 @@ def markdown(report: dict) -> str:
         "# Classification batching benchmark",
         "",
         f"MiniLM-L6 on {settings['train_samples']} training reviews ({settings['steps_per_epoch']} steps an epoch), "
-        f"fp32, batch {settings['batch_size']}, max length {settings['max_seq_length']}, "
+        f"fp32 (bf16 autocast in the _bf16 variant), batch {settings['batch_size']}, "
+        f"max length {settings['max_seq_length']}, "
         f"lr {settings['learning_rate']}, seed {settings['seed']}; "
         f"{settings['epochs_fraction']:g} of an epoch per run, {settings['repeats']} repeat(s), "
         "variant order rotated; medians over repeats. "
