@@ -86,10 +86,19 @@ def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedCo
     # Saved with the config, so the next stage's model card can tell base -> adapted -> finetuned.
     lineage = list(getattr(model.config, "transferkit_lineage", None) or [])
     model.config.transferkit_lineage = lineage + [model_args.model_name_or_path]
-    # The loss-scaling trap (facts.md): BERT-family forwards take **kwargs, so Trainer would assume the model
-    # divides its loss by num_items_in_batch, and it does not: losses scale with accumulation steps and ranks.
-    model.accepts_loss_kwargs = False
     return model
+
+
+def mark_loss_as_per_batch_mean(model: PreTrainedModel) -> None:
+    """Tell Trainer that this model's loss is a mean over its own micro-batch and ignores `num_items_in_batch`.
+
+    Trainer takes a forward with `**kwargs` (BERT's, for attention options) to mean that the loss divides by the
+    count of items in the whole accumulated batch, and then no longer averages over accumulation steps or ranks:
+    a BERT loss would grow with `gradient_accumulation_steps` and the world size. Set only for masked-LM and
+    classification heads; causal LMs route `num_items_in_batch` into transformers' `ForCausalLMLoss`, whose count
+    over all micro-batches and ranks keeps padded batches exact (transformers 4.46's gradient-accumulation fix).
+    """
+    model.accepts_loss_kwargs = False
 
 
 def supported_objectives(config: PretrainedConfig) -> list[str]:
@@ -132,6 +141,8 @@ def load_language_model(model_args: ModelArguments, objective: str = "mlm") -> P
         raise _objective_error(model_args.model_name_or_path, config, objective, supported)
     auto_class = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     model = load_pretrained(auto_class, model_args, config)
+    if objective == "mlm":
+        mark_loss_as_per_batch_mean(model)
     if model.transferkit_missing_keys:
         logger.warning(
             "The checkpoint has no trained %s head (%d weights newly initialised, e.g. %s): a sentence-embedding "
@@ -213,7 +224,9 @@ def load_classifier(model_args: ModelArguments, spec: LabelSpec) -> PreTrainedMo
         label2id=spec.label2id,
         problem_type=spec.problem_type,
     )
-    return load_pretrained(AutoModelForSequenceClassification, model_args, config)
+    model = load_pretrained(AutoModelForSequenceClassification, model_args, config)
+    mark_loss_as_per_batch_mean(model)  # one item per example: a mean over each micro-batch is exact
+    return model
 
 
 def model_length_limit(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:

@@ -158,6 +158,9 @@ def enable_sparse_mlm_head(model: nn.Module) -> bool:
         return False
     function = _forward_with_segments if layout.segments else _forward_without_segments
     target.forward = types.MethodType(function, target)
+    # The sparse loss divides by `num_items_in_batch` when Trainer passes it (_masked_lm_loss): the masked-token
+    # count of the whole accumulated batch, over all ranks, so micro-batches with more masks weigh more, exactly.
+    target.accepts_loss_kwargs = True
     return True
 
 

@@ -33,7 +33,8 @@ RESUME_AUTO = ("auto", "true", "True", "1", "yes", "last")
 
 
 class ClassWeightedTrainer(Trainer):
-    """Single-label classification with a per-class weight in the cross-entropy, for imbalanced data."""
+    """Single-label classification with a per-class weight in the cross-entropy, for imbalanced data; label
+    smoothing (`label_smoothing_factor`) applies as in Trainer's own loss."""
 
     def __init__(self, *args, class_weights: list[float], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +48,7 @@ class ClassWeightedTrainer(Trainer):
             logits.view(-1, logits.shape[-1]),
             labels.view(-1),
             weight=self.class_weights.to(logits.device, logits.dtype),
+            label_smoothing=self.args.label_smoothing_factor,
         )
         return (loss, outputs) if return_outputs else loss
 
