@@ -172,3 +172,60 @@ def test_class_weights_auto_and_explicit():
     assert class_weights(spec, [0, 1], ["1", "3"]) == [1.0, 3.0]
     with pytest.raises(TransferKitError, match="one weight per label"):
         class_weights(spec, [0, 1], ["1"])
+
+
+# -- Hub datasets whose ClassLabel column holds -1 for "no label" (GLUE test splits, IMDB's `unsupervised`) ----------
+@pytest.fixture
+def hub_dataset(monkeypatch, reviews_csv):
+    """`dataset_name` resolves to an in-memory DatasetDict shaped like IMDB: ClassLabel train, a hidden test split
+    (every label -1) and a large `unsupervised` split that the run must never tokenize."""
+    import transferkit.data
+
+    train = Dataset.from_csv(reviews_csv).class_encode_column("label")
+    layout = {"train": train, "test": train.select(range(20)).map(lambda row: {"label": -1})}
+    layout["unsupervised"] = train.map(lambda row: {"label": -1})
+
+    def fake_load_dataset(name, *args, **kwargs):
+        assert name == "someone/imdb-like"
+        return DatasetDict(layout)
+
+    monkeypatch.setattr(transferkit.data, "load_dataset", fake_load_dataset)
+    return layout
+
+
+def run_on_hub_dataset(tiny_bert, tmp_path, monkeypatch) -> tuple[dict, list[str]]:
+    import transferkit.recipes.classify as classify
+
+    tokenized = []
+    original = classify.tokenize_for_classification
+
+    def spy(splits, *args, **kwargs):
+        tokenized.extend(splits)
+        return original(splits, *args, **kwargs)
+
+    monkeypatch.setattr(classify, "tokenize_for_classification", spy)
+    args = ["--model_name_or_path", tiny_bert, "--dataset_name", "someone/imdb-like", "--output_dir", str(tmp_path)]
+    args += "--max_steps 2 --per_device_train_batch_size 8 --save_strategy no --report_to none".split()
+    return classify.main(args), tokenized
+
+
+def test_a_test_split_without_labels_is_predicted_and_not_scored(hub_dataset, tiny_bert, tmp_path, monkeypatch):
+    import csv
+
+    metrics, tokenized = run_on_hub_dataset(tiny_bert, tmp_path / "run", monkeypatch)
+    assert sorted(tokenized) == ["test", "train", "validation"]  # `unsupervised` is not used, so not tokenized
+    assert not [key for key in metrics if key.startswith("test_")] and "eval_accuracy" in metrics
+    with open(tmp_path / "run" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 20 and "label" not in rows[0] and {row["predicted"] for row in rows} <= {"neg", "pos"}
+
+
+def test_a_split_mixing_labels_and_minus_one_is_refused(hub_dataset, tiny_bert, tmp_path, monkeypatch):
+    hub_dataset["test"] = (
+        hub_dataset["train"]
+        .select(range(20))
+        .map(lambda row, index: {"label": -1 if index < 5 else row["label"]}, with_indices=True)
+    )
+    with pytest.raises(TransferKitError, match=r"test split.*5 of its 20 rows.*-1"):
+        run_on_hub_dataset(tiny_bert, tmp_path / "run", monkeypatch)
+    assert not (tmp_path / "run").exists()

@@ -18,10 +18,17 @@ from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict, load
 
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.errors import TransferKitError
-from transferkit.labels import LabelSpec, check_labels_present, encode_labels, infer_label_spec
+from transferkit.labels import (
+    LabelSpec,
+    check_labels_present,
+    drop_missing_class_labels,
+    encode_labels,
+    infer_label_spec,
+)
 
 logger = logging.getLogger(__name__)
 
+SPLITS = ("train", "validation", "test")  # the splits a run uses; others (IMDB's `unsupervised`) are left unread
 FORMATS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -356,9 +363,8 @@ def load_classification_splits(
     data_args: DataArguments, model_args: ModelArguments, problem_type: str | None, seed: int
 ) -> tuple[DatasetDict, list[str], LabelSpec]:
     """Load, check and encode the data: train / validation (/ test) splits with a 'label' column, and its spec."""
-    raw = load_raw_datasets(data_args, model_args)
-    if "train" not in raw:
-        raise TransferKitError(f"The dataset has no train split (splits: {', '.join(raw)}). Give train_file.")
+    raw = used_splits(load_raw_datasets(data_args, model_args))
+    raw = drop_missing_class_labels(raw, data_args.label_column_name)
     text_columns = resolve_text_columns(raw["train"].column_names, data_args.text_column_names)
     for name, split in raw.items():
         check_columns(split, text_columns, name, "text_column_names")
@@ -376,6 +382,16 @@ def load_classification_splits(
     if "validation" in splits and "label" not in splits["validation"].column_names:
         raise TransferKitError(f"The validation split has no '{data_args.label_column_name}' column to score against.")
     return splits, text_columns, spec
+
+
+def used_splits(raw: DatasetDict) -> DatasetDict:
+    """Train, validation and test; a Hub dataset's other splits are never checked, cleaned or tokenized."""
+    if "train" not in raw:
+        raise TransferKitError(f"The dataset has no train split (splits: {', '.join(raw)}). Give train_file.")
+    unused = [name for name in raw if name not in SPLITS]
+    if unused:
+        logger.info("Not used by this run: the %s split(s) of the dataset.", ", ".join(unused))
+    return DatasetDict({name: split for name, split in raw.items() if name in SPLITS})
 
 
 def load_corpus_splits(

@@ -74,6 +74,29 @@ def infer_label_spec(splits: DatasetDict, column: str, problem_type: str | None)
     return spec
 
 
+def drop_missing_class_labels(splits: DatasetDict, column: str) -> DatasetDict:
+    """Hub datasets mark "no label" as -1 in a ClassLabel column (GLUE's test splits, IMDB's `unsupervised`).
+
+    A split where every row is -1 is unlabelled: its label column goes, so it is predicted and not scored. A split
+    that mixes -1 with labels, or a train split without labels, cannot be used as it is: one error naming it.
+    """
+    cleaned = {}
+    for name, split in splits.items():
+        if column in split.column_names and isinstance(split.features[column], ClassLabel):
+            missing = sum(1 for value in split[column][:] if value == -1)
+            if missing == len(split) and name != "train":
+                logger.info("The %s split has no labels (every row is -1): it is predicted, not scored.", name)
+                split = split.remove_columns(column)
+            elif missing:
+                raise TransferKitError(
+                    f"'{column}' in the {name} split is -1 (datasets' 'no label') in {missing} of its {len(split)} "
+                    f"rows. Training needs a label in every row, and a split is either scored (all labelled) or "
+                    f"only predicted (none): filter the -1 rows out or use another split."
+                )
+        cleaned[name] = split
+    return DatasetDict(cleaned)
+
+
 def check_labels_present(
     split: Dataset,
     column: str,
