@@ -36,7 +36,7 @@ from transferkit.data import load_classification_splits
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import exit_on_user_error
 from transferkit.labels import class_weights
-from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
+from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
 from transferkit.metrics import build_compute_metrics, load_metric
 from transferkit.models import (
     check_tokenizer_fits,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the new head's initial weights come from this seed
-    model = load_classifier(model_args, spec)
+    model = load_classifier(model_args, spec, **quantization_kwargs(lora_args, training_args))
     ensure_pad_token(tokenizer, model)
     check_tokenizer_fits(tokenizer, model, model_args)
     if lora_args.use_peft:

@@ -41,7 +41,7 @@ from transferkit.config import parse_config
 from transferkit.data import load_corpus_splits
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError, exit_on_user_error
-from transferkit.lora import LoraArguments, apply_lora, save_lora_outputs
+from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
 from transferkit.mlm_data import lm_collator, next_token_accuracy, tokenize_for_mlm
 from transferkit.models import (
     check_tokenizer_fits,
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)
-    model = load_language_model(model_args, mlm_args.objective)
+    model = load_language_model(model_args, mlm_args.objective, **quantization_kwargs(lora_args, training_args))
     clm = mlm_args.objective == "clm"
     if clm:
         ensure_pad_token(tokenizer, model, padding_side=None)  # decoders ship without one; CLMCollator pads right

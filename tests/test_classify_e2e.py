@@ -329,3 +329,32 @@ def test_lora_under_two_processes_trains_and_saves_one_adapter(tiny_bert, review
     batch = AutoTokenizer.from_pretrained(out)(["great fun film", "dull plot"], return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(adapter(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_run_saves_the_adapter_once_and_merges_without_copying_the_live_model(
+    tiny_bert, reviews_csv, tmp_path, monkeypatch
+):
+    import copy
+
+    from peft import PeftModel
+    from transformers import Trainer
+
+    saves, deepcopy = [], copy.deepcopy
+
+    def refuse_to_copy_a_peft_model(value, *args, **kwargs):
+        assert not isinstance(value, PeftModel), "the live model was copied to merge it"
+        return deepcopy(value, *args, **kwargs)
+
+    original_save = Trainer.save_model
+
+    def counting_save(self, output_dir=None, _internal_call=False):
+        saves.append(output_dir or self.args.output_dir)
+        return original_save(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(copy, "deepcopy", refuse_to_copy_a_peft_model)
+    monkeypatch.setattr(Trainer, "save_model", counting_save)
+    out = tmp_path / "lora"
+    args = ["--max_steps", "2", "--use_peft", "true", "--lora_r", "4", "--merge_adapter", "true"]
+    main(base_args(tiny_bert, reviews_csv, out, *args, "--save_strategy", "no"))
+    assert saves == [str(out)]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()

@@ -231,6 +231,7 @@ def test_clm_lora_with_embeddings_and_head_reloads_to_the_same_logits(kind, tiny
     )
     trainer.train()
     assert not torch.allclose(embeddings.modules_to_save["default"].weight, before)
+    trainer.save_model()
     save_lora_outputs(trainer, str(tmp_path), merge=True, tokenizer=tokenizer)
     inputs = padded_batch(tokenizer)
     expected = logits(model, inputs)
@@ -382,6 +383,7 @@ def test_decoder_classifier_lora_trains_score_and_reloads(kind, tiny_gpt2, tiny_
         data_collator=DataCollatorWithPadding(tokenizer),
     )
     trainer.train()
+    trainer.save_model()
     save_lora_outputs(trainer, str(tmp_path), merge=True, tokenizer=tokenizer)
     assert not torch.allclose(model.get_base_model().score.modules_to_save["default"].weight, score_before)
     assert "base_model.model.score.weight" in load_file(os.path.join(tmp_path, "adapter_model.safetensors"))

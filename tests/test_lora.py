@@ -118,6 +118,7 @@ def test_classifier_trains_saves_and_reloads(tiny_bert, tokenizer, tmp_path):
     initial["bert.pooler"] = model.get_base_model().bert.pooler.dense.weight.detach().clone()
     trainer = make_trainer(model, tokenizer, str(tmp_path), reviews(tokenizer), DataCollatorWithPadding(tokenizer))
     trainer.train()
+    trainer.save_model()  # as train_and_save does: save_lora_outputs adds labels, counts and the merge
     save_lora_outputs(trainer, str(tmp_path), merge=True, tokenizer=tokenizer)
 
     trained = model.get_base_model()
@@ -216,7 +217,6 @@ def test_target_modules_matching_nothing_list_the_linear_layers(tiny_bert):
         ({"lora_alpha": 0}, "lora_alpha"),
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"lora_target_modules": ["all-linear", "query"]}, "all-linear"),
-        ({"merge_adapter": True, "load_in_4bit": True}, "merge_adapter cannot merge into a 4-bit model"),
     ],
 )
 def test_bad_options_are_errors(options, message):
@@ -236,11 +236,48 @@ def test_qlora_on_cpu_is_an_error(monkeypatch):
         lora_args(load_in_4bit=True)
 
 
-def test_merging_a_quantized_model_is_an_error(tiny_bert, tmp_path):
+def test_a_quantized_model_merges_into_its_full_precision_base(tiny_bert, tokenizer, tmp_path):
     model = apply_lora(load_classifier(tiny_bert), lora_args(), "classification")
+    expected = logits(model, batch(tokenizer))
     model.get_base_model().hf_quantizer = object()  # what from_pretrained(quantization_config=...) sets
-    with pytest.raises(TransferKitError, match="merge_adapter cannot merge into a quantized model"):
-        save_lora_outputs(model, str(tmp_path), merge=True)
+    save_lora_outputs(model, str(tmp_path), merge=True)  # merged from the saved adapter, never from the 4-bit weights
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(logits(merged, batch(tokenizer)), expected, atol=1e-5, rtol=0)
+
+
+def test_qlora_loads_the_base_in_4_bits_in_both_recipes(tiny_bert, reviews_csv, tmp_path, monkeypatch):
+    """bitsandbytes needs CUDA, so the loader is stopped where it receives its arguments: the wiring is checked."""
+    import importlib.util
+
+    import transferkit.models
+    from recipes import classify, mlm
+
+    class Loaded(Exception):
+        pass
+
+    received = []
+
+    def from_pretrained(name, **kwargs):
+        received.append(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else found(name, *a)
+    )
+    for auto_class in ("AutoModelForSequenceClassification", "AutoModelForMaskedLM"):
+        monkeypatch.setattr(getattr(transferkit.models, auto_class), "from_pretrained", from_pretrained)
+    common = ["--model_name_or_path", tiny_bert, "--train_file", reviews_csv, "--use_peft", "true"]
+    common += ["--load_in_4bit", "true", "--use_cpu", "true", "--report_to", "none"]
+    for main in (classify.main, mlm.main):
+        with pytest.raises(Loaded):
+            main([*common, "--output_dir", str(tmp_path / main.__module__)])
+    for kwargs in received:
+        config = kwargs["quantization_config"]
+        assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+        assert "classifier" in config.llm_int8_skip_modules and kwargs["device_map"] == {"": 0}
+    assert len(received) == 2
 
 
 def test_adapter_base_must_match(tmp_path, tiny_bert, monkeypatch):
@@ -279,6 +316,7 @@ def test_mlm_trains_embeddings_and_head_tied(tiny_bert, tokenizer, tmp_path):
     trainer = make_trainer(model, tokenizer, str(tmp_path), reviews(tokenizer, with_labels=False), collator)
     trainer.train()
     assert not torch.allclose(embeddings.weight, before)
+    trainer.save_model()
     save_lora_outputs(trainer, str(tmp_path), merge=True, tokenizer=tokenizer)
 
     inputs = batch(tokenizer)
@@ -349,6 +387,7 @@ def test_load_best_model_at_end_restores_the_best_adapter_and_head(tiny_bert, to
     )
     trainer.train()
     assert not trainer.state.best_model_checkpoint.endswith("checkpoint-3")  # else this test proves nothing
+    trainer.save_model(str(tmp_path / "final"))
     save_lora_outputs(trainer, str(tmp_path / "final"), merge=False, tokenizer=tokenizer)
     best = load_file(os.path.join(trainer.state.best_model_checkpoint, "adapter_model.safetensors"))
     final = load_file(os.path.join(tmp_path, "final", "adapter_model.safetensors"))

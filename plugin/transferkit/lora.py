@@ -7,7 +7,6 @@ Here the head is found per architecture, put in `modules_to_save`, and checked t
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import logging
@@ -19,7 +18,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.utils import ModulesToSaveWrapper
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
-from transformers import BitsAndBytesConfig, PreTrainedModel, Trainer
+from transformers import BitsAndBytesConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.pytorch_utils import Conv1D
 
 from transferkit.errors import TransferKitError
@@ -68,8 +67,6 @@ class LoraArguments:
             raise TransferKitError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.lora_target_modules and ALL_LINEAR in self.lora_target_modules and len(self.lora_target_modules) > 1:
             raise TransferKitError("lora_target_modules takes 'all-linear' alone or a list of module names.")
-        if self.merge_adapter and self.load_in_4bit:  # merging into 4-bit weights would round the update away
-            raise TransferKitError("merge_adapter cannot merge into a 4-bit model: set one of them to false.")
         changed = [f.name for f in fields(self)[1:] if getattr(self, f.name) != f.default]  # all defaults are plain
         if changed and not self.use_peft:
             raise TransferKitError(f"{', '.join(changed)} only apply to LoRA: set use_peft: true, or remove them.")
@@ -81,13 +78,22 @@ class LoraArguments:
             )
 
 
-def quantization_kwargs(args: LoraArguments) -> dict:
-    """`from_pretrained` kwargs for QLoRA ({} without it). Heads stay unquantized: a 4-bit head cannot be trained."""
+def quantization_kwargs(args: LoraArguments, training_args: TrainingArguments) -> dict:
+    """`from_pretrained` kwargs for QLoRA ({} without it): NF4 weights with double quantization (Dettmers et al.
+    2023, arXiv:2305.14314), computed in the run's precision. Heads stay unquantized (a 4-bit head cannot be
+    trained), and each process loads onto its own GPU: bitsandbytes quantizes as the weights land there."""
     if not args.load_in_4bit:
         return {}
     skip = ["classifier", "pre_classifier", "score", r"(.*\.)?pooler", "head", "cls", "lm_head"]  # prefix/suffix/regex
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=skip)
-    return {"quantization_config": config}
+    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+        llm_int8_skip_modules=skip,
+    )
+    return {"quantization_config": config, "device_map": {"": training_args.local_process_index}}
 
 
 def _has_weights(module: object) -> bool:
@@ -248,22 +254,22 @@ def check_adapter_base(adapter_path: str, model_name_or_path: str) -> None:
 def save_lora_outputs(
     trainer_or_model: Trainer | PeftModel, output_dir: str, merge: bool, tokenizer=None
 ) -> dict[str, float]:
-    """Save the adapter (the head inside it, through modules_to_save) and the labels in output_dir; with `merge`,
-    also a full model in output_dir/merged, merged on a copy so that the trained adapter model stays usable.
+    """What a LoRA run keeps next to its adapter: the classifier's labels (an adapter folder has no config.json),
+    the parameter counts and, with `merge`, a full model in output_dir/merged.
 
-    Returns the parameter counts; with a Trainer they are also written to lora_results.json and all_results.json."""
+    With a Trainer the adapter (its head inside, through modules_to_save) is the one `trainer.save_model()` already
+    wrote (`train_and_save`): it is not written twice. A bare PeftModel is saved here. The merge never copies the
+    live model: the saved adapter is merged into a base model freshly loaded in full precision on the CPU
+    (`merge_saved_adapter`), so the end of a GPU run needs no second copy of the weights beside the optimizer
+    state, and a QLoRA adapter merges into the unquantized base. Returns the counts; with a Trainer they also go
+    to lora_results.json and all_results.json."""
     trainer = trainer_or_model if isinstance(trainer_or_model, Trainer) else None
     model = trainer.accelerator.unwrap_model(trainer.model) if trainer else trainer_or_model
-    if merge and getattr(model.get_base_model(), "hf_quantizer", None) is not None:
-        raise TransferKitError(
-            "merge_adapter cannot merge into a quantized model (QLoRA). Set merge_adapter: false; transferkit.lora."
-            f"merge_saved_adapter('{output_dir}', ...) merges the adapter into the full-precision base."
-        )
+    counts = parameter_counts(model)
     if trainer:
-        trainer.save_model(output_dir)  # gathers sharded weights; writes on the main process only
-        trainer.save_metrics("lora", parameter_counts(model))  # also merged into all_results.json
+        trainer.save_metrics("lora", counts)  # also merged into all_results.json
         if not trainer.is_world_process_zero():
-            return parameter_counts(model)
+            return counts
     else:
         model.save_pretrained(output_dir)
     if tokenizer is not None:
@@ -273,14 +279,11 @@ def save_lora_outputs(
             json.dump({key: getattr(model.config, key) for key in LABEL_FIELDS}, handle, indent=2)
     if merge:
         merged_dir = os.path.join(output_dir, "merged")
-        if trainer and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):  # weights may be shards here
-            merge_saved_adapter(output_dir, merged_dir)
-        else:
-            copy.deepcopy(model).merge_and_unload().save_pretrained(merged_dir)
+        merge_saved_adapter(output_dir, merged_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(merged_dir)
         logger.info("Merged model saved in %s.", merged_dir)
-    return parameter_counts(model)
+    return counts
 
 
 def label_kwargs(adapter_dir: str) -> dict:
@@ -308,7 +311,21 @@ def load_lora_model(adapter_dir: str, **kwargs) -> PeftModel:
 
 
 def merge_saved_adapter(adapter_dir: str, output_dir: str) -> PreTrainedModel:
-    """Merge a saved adapter into a freshly loaded full-precision base model (after FSDP, DeepSpeed or QLoRA)."""
-    merged = load_lora_model(adapter_dir).merge_and_unload()
+    """Merge a saved adapter into a freshly loaded full-precision base model, on the CPU, and save the result."""
+    merged = load_lora_model(adapter_dir).merge_and_unload()  # from_pretrained loads onto the CPU
+    _retie_trained_embeddings(merged)
     merged.save_pretrained(output_dir)
     return merged
+
+
+def _retie_trained_embeddings(model: PreTrainedModel) -> None:
+    """A reloaded adapter that trained tied word embeddings and LM decoder in full (`lora_train_embeddings_and_head`)
+    holds two equal copies, and peft marks the config untied: merged and saved that way, the decoder (and its bias)
+    would not reload. Equal copies are one matrix again, as in the trained model (apply_lora ties them)."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    weight = getattr(outputs, "weight", None)
+    if weight is None or weight is inputs.weight or weight.shape != inputs.weight.shape:
+        return
+    if torch.equal(weight, inputs.weight):
+        outputs.weight = inputs.weight
+        model.config.get_text_config().tie_word_embeddings = True

@@ -62,8 +62,9 @@ def load_config(model_args: ModelArguments, **overrides) -> PretrainedConfig:
         raise _not_found("model config", model_args.model_name_or_path, err) from None
 
 
-def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedConfig) -> PreTrainedModel:
-    """`auto_class.from_pretrained`, safetensors only unless pickled weights are explicitly allowed.
+def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedConfig, **load_kwargs) -> PreTrainedModel:
+    """`auto_class.from_pretrained`, safetensors only unless pickled weights are explicitly allowed; `load_kwargs`
+    go to `from_pretrained` as they are (QLoRA's quantization_config and device_map).
 
     The weights the checkpoint lacked (a new head) are kept in `model.transferkit_missing_keys`.
     """
@@ -74,6 +75,7 @@ def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedCo
             use_safetensors=None if model_args.allow_pickle_weights else True,
             output_loading_info=True,
             **_hub_kwargs(model_args),
+            **load_kwargs,
         )
     except (OSError, ValueError) as err:
         hint = (
@@ -132,7 +134,7 @@ def _objective_error(name: str, config: PretrainedConfig, objective: str, suppor
     )
 
 
-def load_language_model(model_args: ModelArguments, objective: str = "mlm") -> PreTrainedModel:
+def load_language_model(model_args: ModelArguments, objective: str = "mlm", **load_kwargs) -> PreTrainedModel:
     """An AutoModelForMaskedLM ("mlm") or AutoModelForCausalLM ("clm"); a model without that head gets one error
     naming the objective it does support, before any weights are loaded."""
     config = load_config(model_args)
@@ -140,7 +142,7 @@ def load_language_model(model_args: ModelArguments, objective: str = "mlm") -> P
     if objective not in supported:
         raise _objective_error(model_args.model_name_or_path, config, objective, supported)
     auto_class = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    model = load_pretrained(auto_class, model_args, config)
+    model = load_pretrained(auto_class, model_args, config, **load_kwargs)
     if objective == "mlm":
         mark_loss_as_per_batch_mean(model)
     if model.transferkit_missing_keys:
@@ -153,11 +155,6 @@ def load_language_model(model_args: ModelArguments, objective: str = "mlm") -> P
             "; set head_warmup_steps to train the head alone first" if objective == "mlm" else "",
         )
     return model
-
-
-def load_masked_lm(model_args: ModelArguments) -> PreTrainedModel:
-    """An AutoModelForMaskedLM; a decoder-only model gets an error that says it supports objective: clm."""
-    return load_language_model(model_args, "mlm")
 
 
 def ensure_pad_token(
@@ -216,7 +213,7 @@ def check_tokenizer_fits(
         )
 
 
-def load_classifier(model_args: ModelArguments, spec: LabelSpec) -> PreTrainedModel:
+def load_classifier(model_args: ModelArguments, spec: LabelSpec, **load_kwargs) -> PreTrainedModel:
     config = load_config(
         model_args,
         num_labels=spec.num_labels,
@@ -224,7 +221,7 @@ def load_classifier(model_args: ModelArguments, spec: LabelSpec) -> PreTrainedMo
         label2id=spec.label2id,
         problem_type=spec.problem_type,
     )
-    model = load_pretrained(AutoModelForSequenceClassification, model_args, config)
+    model = load_pretrained(AutoModelForSequenceClassification, model_args, config, **load_kwargs)
     mark_loss_as_per_batch_mean(model)  # one item per example: a mean over each micro-batch is exact
     return model
 
