@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
-    checkpoint, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
+    start, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
 
     splits, text_columns, spec = load_classification_splits(
         data_args, model_args, cls_args.problem_type, training_args.seed
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
-    metrics = train_and_save(trainer, checkpoint, push)
+    metrics = train_and_save(trainer, start, push)
     if lora_args.use_peft:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
     if "validation" in tokenized:

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true reads the corpus once, with no length known: set max_steps.")
-    checkpoint, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
+    start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
 
     splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
-    metrics = train_and_save(trainer, checkpoint, push)
+    metrics = train_and_save(trainer, start, push)
     if lora_args.use_peft:
         metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
     if "validation" in tokenized:

@@ -15,8 +15,8 @@ Config: one YAML with the pipeline's keys and one section per stage, each holdin
 
 TAPT (no corpus in `adapt`) pretrains on the texts of the classification *train* split only, as carved with the
 same seed, so no validation or test text is seen in stage 1. DAPT: give `adapt` its own train_file or dataset.
-Each stage writes its resolved config as <output_dir>/<stage>.yaml; a finished stage (all_results.json present) is
-not run again when the pipeline is restarted. The comparison lands in comparison.md and comparison.json.
+Each stage writes its resolved config as <output_dir>/<stage>.yaml; a finished stage (run_finished.json, written as
+its last step) is not run again when the pipeline is restarted; a stage cut short resumes from its last checkpoint. The comparison lands in comparison.md and comparison.json.
 Publishing: `push_to_hub: true` with a `hub_model_id` in `adapt` and/or `classify` pushes that stage (the adapted
 encoder, the finetuned classifier); the baseline is never pushed. The token comes from HF_TOKEN, not hub_token.
 
@@ -42,6 +42,7 @@ from transferkit.config import parse_config
 from transferkit.data import load_classification_splits
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.recipes import classify, mlm
+from transferkit.resume import is_finished
 
 logger = logging.getLogger("transferkit.recipes.pipeline")
 PIPELINE_KEYS = {"base_model", "output_dir", "compare_with_base", "shared", "adapt", "classify"}
@@ -177,10 +178,10 @@ def write_tapt_corpus(classify_keys: dict, output_dir: str) -> str:
 
 
 def run_stage(output_dir: str, name: str, stage: dict) -> dict:
-    results_path = os.path.join(stage["keys"]["output_dir"], "all_results.json")
-    if os.path.isfile(results_path):
-        logger.info("Stage %s already finished (%s): not run again.", name, results_path)
-        with open(results_path) as handle:
+    stage_dir = stage["keys"]["output_dir"]
+    if is_finished(stage_dir):  # written as the stage's last step: its metrics are all there
+        logger.info("Stage %s already finished (%s): not run again.", name, stage_dir)
+        with open(os.path.join(stage_dir, "all_results.json")) as handle:
             return {**json.load(handle), "stage_seconds": None}
     started = time.perf_counter()
     metrics = stage["recipe"].main(["--config", write_stage_config(output_dir, name, stage)])

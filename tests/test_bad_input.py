@@ -22,8 +22,10 @@ import pytest
 
 from recipes.classify import main as classify
 from recipes.mlm import main as mlm
+from tests.test_reliability import fake_checkpoint
 from tests.tiny import REPO, build_tokenizer
 from transferkit.errors import DEBUG_HINT, exit_on_user_error
+from transferkit.resume import FINISHED_MARKER
 
 GOOD_ROWS = ["the film was good", "a dull plot", "great cast and really fun", "boring and flat", "so warm and clever"]
 HEADER = "text,label\n"
@@ -177,6 +179,14 @@ def finished_run(output_dir: Path) -> dict[str, bytes]:
     (output_dir / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.91, "train_loss": 0.2}))
     (output_dir / "model.safetensors").write_bytes(b"weights of the finished run")
     (output_dir / "config.json").write_text("{}")
+    (output_dir / FINISHED_MARKER).write_text("{}")
+    return snapshot(output_dir)
+
+
+def interrupted_run(output_dir: Path) -> dict[str, bytes]:
+    """An output_dir as a run killed after its first checkpoint leaves it: `resume_from_checkpoint: auto` would
+    continue it, so only the bad input can stop the rerun. Returns every file's bytes, to check nothing was touched."""
+    fake_checkpoint(output_dir, 4)
     return snapshot(output_dir)
 
 
@@ -226,7 +236,7 @@ def assert_one_clear_error(code: object, stderr: str, fragments: list[str]) -> N
 def test_classify_refuses_bad_data(case, tiny_bert, tmp_path, capsys):
     name, content, extra, fragments = CLASSIFY_CASES[case]
     out = tmp_path / "run"
-    before = finished_run(out)  # resumable, so that only the bad input can stop the run
+    before = interrupted_run(out)
     argv = arguments(tiny_bert, write(tmp_path / name, content), out, "--resume_from_checkpoint", "auto", *extra)
     code, stderr = run_as_cli(classify, argv, capsys)
     assert_one_clear_error(code, stderr, fragments)
@@ -237,7 +247,7 @@ def test_classify_refuses_bad_data(case, tiny_bert, tmp_path, capsys):
 def test_mlm_refuses_bad_data(case, tiny_bert, tmp_path, capsys):
     name, content, extra, fragments = MLM_CASES[case]
     out = tmp_path / "run"
-    before = finished_run(out)
+    before = interrupted_run(out)
     argv = arguments(tiny_bert, write(tmp_path / name, content), out, "--resume_from_checkpoint", "auto", *extra)
     code, stderr = run_as_cli(mlm, argv, capsys)
     assert_one_clear_error(code, stderr, fragments)
@@ -270,7 +280,7 @@ def test_bad_model_or_tokenizer(case, recipe, tiny_bert, reviews_csv, large_toke
     extra, fragments = MODEL_CASES[case]
     extra = [large_tokenizer if value == "LARGE" else value for value in extra]
     out = tmp_path / "run"
-    before = finished_run(out)
+    before = interrupted_run(out)
     argv = arguments(tiny_bert, reviews_csv, out, "--resume_from_checkpoint", "auto", *extra)
     code, stderr = run_as_cli(classify if recipe == "classify" else mlm, argv, capsys)
     assert_one_clear_error(code, stderr, fragments)
@@ -294,7 +304,7 @@ def test_output_dir_with_a_finished_run_is_refused(recipe, tiny_bert, reviews_cs
     before = finished_run(out)
     code, stderr = run_as_cli(classify if recipe == "classify" else mlm, arguments(tiny_bert, reviews_csv, out), capsys)
     assert_one_clear_error(
-        code, stderr, [f"output_dir {out} already holds a finished run", "resume_from_checkpoint: auto", "overwrite"]
+        code, stderr, [f"output_dir {out} already holds a finished run", "overwrite_output_dir: true"]
     )
     assert snapshot(out) == before
 
@@ -313,7 +323,7 @@ def test_cli_exit_code_and_traceback_only_with_debug_errors(tiny_bert, tmp_path)
     --debug_errors true."""
     data = write(tmp_path / "reviews.csv", HEADER + csv_rows(3) + '"a good film,pos\n' + csv_rows())
     out = tmp_path / "run"
-    before = finished_run(out)
+    before = interrupted_run(out)
     command = [sys.executable, "-m", "transferkit.recipes.classify", *arguments(tiny_bert, data, out)]
     command += ["--resume_from_checkpoint", "auto"]
     env = dict(os.environ, PYTHONPATH=REPO, TRANSFERKIT_DEBUG="0")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import AutoConfig
+from transformers import AutoConfig, Trainer
 
 from transferkit.errors import TransferKitError
 from transferkit.recipes.pipeline import main
@@ -80,3 +80,36 @@ def test_validate_names_the_pipeline_section_of_a_missing_key():
     notes = validate_config(Path(__file__).parents[1] / "recipes/configs/quickstart/pipeline.yaml", [])
     assert any("pass --classify.train_file at launch" in note for note in notes), notes
     assert not any("pass --train_file" in note for note in notes)
+
+
+def test_a_stage_that_crashed_after_training_is_finished_on_rerun_not_skipped(
+    tiny_bert, reviews_csv, tmp_path, monkeypatch
+):
+    """all_results.json exists as soon as training ends; only run_finished.json, the stage's last step, makes a
+    rerun skip it. Here the finetune stage dies in test prediction; the rerun resumes its final checkpoint (no step
+    is trained again) and writes the missing test metrics."""
+    import transferkit.recipes.classify as classify
+
+    # One epoch, checkpointed at its end. (Resuming a checkpoint taken at max_steps in the middle of an epoch,
+    # Trainer runs one more step before it checks max_steps; under the default linear schedule its rate is 0.)
+    saving = {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "epoch"}
+    config = write_config(tmp_path, tiny_bert, reviews_csv, compare_with_base=False)
+    overrides = [arg for key, value in saving.items() for arg in (f"--classify.{key}", str(value))]
+    original = classify.predict_and_report
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed during test prediction")
+
+    monkeypatch.setattr(classify, "predict_and_report", crash)
+    with pytest.raises(RuntimeError, match="killed during test prediction"):
+        main(["--config", config, *overrides])
+    finetune = tmp_path / "pipe" / "finetune"
+    assert (finetune / "all_results.json").is_file() and not (finetune / "run_finished.json").exists()
+
+    monkeypatch.setattr(classify, "predict_and_report", original)
+    steps = []
+    training_step = Trainer.training_step
+    monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **k: steps.append(1) or training_step(self, *a, **k))
+    report = main(["--config", config, *overrides])
+    assert "test_accuracy" in report["finetune"] and (finetune / "run_finished.json").is_file()
+    assert steps == []  # resumed at its final checkpoint: nothing trained twice

@@ -7,7 +7,6 @@ file, so the test kills or signals it at exactly that point instead of racing a 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -21,26 +20,16 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-import recipes.classify
-import transferkit.train
 from recipes.classify import main
 from tests.tiny import REPO, review
-from transferkit.arguments import RunArguments
 from transferkit.errors import TransferKitError
-from transferkit.reliability import check_output_dir_writable, last_valid_checkpoint, plan_run
+from transferkit.reliability import check_output_dir_writable, plan_run
+from transferkit.resume import last_valid_checkpoint
 
 # Losses / metrics of a resumed run against the uninterrupted one (fp32 CPU, same seed). Measured here: bit-identical
 # in one process, 6e-8 apart under 2-process DDP; the tolerance leaves room for other CPUs' kernels.
 RESUME_TOL = 1e-4
 DETERMINISM_TOL = 1e-6  # the same config and seed twice in one process
-INTEGRATED = hasattr(transferkit.train, "exit_if_preempted") and hasattr(transferkit.train, "last_valid_checkpoint")
-needs_integration = pytest.mark.skipif(
-    not INTEGRATED, reason="train.py does not call transferkit.reliability yet (resolve_checkpoint / train_and_save)"
-)
-needs_recipe_integration = pytest.mark.skipif(
-    not hasattr(recipes.classify, "plan_run") or "dry_run" not in {f.name for f in dataclasses.fields(RunArguments)},
-    reason="recipes/classify.py has no dry_run / output_dir check yet",
-)
 
 
 def run_args(model: str, data: str, output_dir, *extra: str) -> list[str]:
@@ -150,7 +139,6 @@ def test_sigkill_after_a_checkpoint_then_resume_matches(tiny_bert, reviews_csv, 
     assert_matches_baseline(out, baseline)
 
 
-@needs_integration
 def test_sigkill_during_a_save_resumes_from_the_previous_one(tiny_bert, reviews_csv, baseline, tmp_path, resume_spy):
     out, marker = tmp_path / "run", tmp_path / "paused"
     process = start_paused(run_args(tiny_bert, reviews_csv, out), "mid_save:8", marker)
@@ -166,7 +154,6 @@ def test_sigkill_during_a_save_resumes_from_the_previous_one(tiny_bert, reviews_
     assert_matches_baseline(out, baseline)
 
 
-@needs_integration
 def test_sigterm_saves_a_checkpoint_exits_0_and_resumes(tiny_bert, reviews_csv, baseline, tmp_path, resume_spy):
     out, marker = tmp_path / "run", tmp_path / "paused"
     args = run_args(tiny_bert, reviews_csv, out, "--dataloader_num_workers", "1")
@@ -187,7 +174,6 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resumes(tiny_bert, reviews_csv, 
 
 
 @pytest.mark.slow
-@needs_integration
 def test_sigterm_under_two_process_ddp(tiny_bert, reviews_csv, baseline, tmp_path):
     """torchrun (under accelerate launch) forwards SIGTERM to both ranks, which stop at the same step and save."""
     out, marker = tmp_path / "run", tmp_path / "paused"
@@ -247,7 +233,7 @@ def truncate(path) -> None:
 def test_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, damage, reason):
     fake_checkpoint(tmp_path, 4)
     damage(fake_checkpoint(tmp_path, 8))
-    with caplog.at_level(logging.WARNING, logger="transferkit.reliability"):
+    with caplog.at_level(logging.WARNING, logger="transferkit.resume"):
         assert last_valid_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
     assert f"Skipping incomplete checkpoint {tmp_path / 'checkpoint-8'}: {reason}" in caplog.text
 
@@ -257,7 +243,7 @@ def test_empty_checkpoint_folder_and_no_valid_checkpoint(tmp_path, caplog):
     fake_checkpoint(tmp_path, 12)
     (tmp_path / "checkpoint-99").mkdir()
     (tmp_path / "checkpoint-notes.txt").write_text("not a checkpoint")
-    with caplog.at_level(logging.WARNING, logger="transferkit.reliability"):
+    with caplog.at_level(logging.WARNING, logger="transferkit.resume"):
         assert last_valid_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-12")  # numeric, not by name
     assert "checkpoint-99: no trainer_state.json" in caplog.text
     (tmp_path / "checkpoint-12" / "optimizer.pt").unlink()
@@ -325,7 +311,6 @@ def test_plan_run_counts_and_leaves_no_trace(tiny_bert, tmp_path):
     assert (plan["total_steps"], plan["epochs"], plan["timed_batches"]) == (7, 2, 1)
 
 
-@needs_recipe_integration
 def test_recipe_dry_run_and_output_dir_check(tiny_bert, reviews_csv, tmp_path, capsys):
     out = tmp_path / "dry"
     assert main(run_args(tiny_bert, reviews_csv, out, "--dry_run", "true")) == {}

@@ -34,6 +34,7 @@ from transferkit.hub import (
 )
 from transferkit.model_card import write_model_card
 from transferkit.reports import output_path, plot_training_curves
+from transferkit.resume import mark_finished
 
 logger = logging.getLogger(__name__)
 CARD_HYPERPARAMETERS = (
@@ -176,7 +177,8 @@ def finish_run(
     metrics: dict[str, float],
     extra_hyperparameters: dict | None = None,
 ) -> None:
-    """Plot the training curves, write the model card(s) (which embed the plots) and, if asked, push.
+    """Plot the training curves, write the model card(s) (which embed the plots), mark the run finished and, if
+    asked, push.
 
     Main process only, after every rank has finished; an adapter run (a PeftModel) gets a peft card, and its
     merged model (output_dir/merged, when saved) a transformers card of its own and its own repo.
@@ -209,6 +211,7 @@ def finish_run(
         summary = f"A {task} LoRA adapter adapted from `{lineage[0]}` with TransferKit; merged into its base: {where}."
     write_model_card(args.output_dir, repo_id=repo_id, lineage=lineage, summary=summary, label_config=labels or None,
                      library_name="peft" if is_adapter else "transformers", **card)  # fmt: skip
+    mark_finished(args.output_dir, task)  # the run is complete locally; a failed push below keeps it so
     if push is not None:
         publish(args.output_dir, push, merged=has_merged and push.merged_repo_id is not None)
 

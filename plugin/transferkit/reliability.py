@@ -1,22 +1,17 @@
-"""Surviving preemption and kills: a clean stop on SIGTERM, resume only from complete checkpoints, early disk checks,
-a dry run. Trainer 5.x writes straight into `checkpoint-N/` (no temporary folder and rename): weights, optimizer,
-RNG state, then `trainer_state.json`; a kill in between leaves a folder `get_last_checkpoint` still returns."""
+"""Surviving preemption: a clean stop on SIGTERM; early disk checks; a dry run. (Which checkpoint a run resumes
+from is in resume.py.)"""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import re
 import shutil
 import signal
 import statistics
-import struct
 import tempfile
 import threading
 import time
-import zipfile
 
 import pyarrow.compute as pc
 import torch
@@ -25,10 +20,6 @@ from transformers import Trainer, TrainerCallback
 from transferkit.errors import TransferKitError
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = {"model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin"}
-INDEX_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json"}
-OPTIMIZER_FILES = {"optimizer.pt", "optimizer.bin"}
 
 
 class TrainingPreempted(SystemExit):
@@ -105,63 +96,6 @@ def exit_if_preempted(trainer: Trainer) -> None:
     if trainer.is_world_process_zero():
         logger.warning("preempted: checkpoint saved at %s, rerun with resume_from_checkpoint: auto", cb.checkpoint)
     raise TrainingPreempted(0)
-
-
-def _file_problem(path: str) -> str | None:
-    """Why a checkpoint file looks truncated, or None. Cheap: reads only headers and the zip directory."""
-    name, size = os.path.basename(path), os.path.getsize(path)
-    if size == 0:
-        return f"{name} is empty"
-    try:
-        if name.endswith(".safetensors"):
-            with open(path, "rb") as handle:
-                (header_size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(header_size))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-            return f"{name} is truncated" if size < 8 + header_size + end else None
-        if name.endswith((".pt", ".pth", ".bin")):
-            with open(path, "rb") as handle:
-                zipped = handle.read(2) == b"PK"  # torch.save's zip format; legacy pickles are not checked
-            return f"{name} is truncated" if zipped and not zipfile.is_zipfile(path) else None
-        if name.endswith(".json"):
-            with open(path, encoding="utf-8") as handle:
-                json.load(handle)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
-        return f"{name} is unreadable"
-    return None
-
-
-def checkpoint_problem(path: str, require_optimizer: bool = True) -> str | None:
-    """What makes `path` unusable for resuming (a missing or truncated file), or None when it looks complete."""
-    names = set(os.listdir(path))
-    subdirs = {name for name in names if os.path.isdir(os.path.join(path, name))}
-    deepspeed = any(name.startswith("global_step") for name in subdirs)  # DeepSpeed keeps weights + optimizer there
-    if "trainer_state.json" not in names:
-        return "no trainer_state.json (Trainer writes it last)"
-    sharded = deepspeed or any(name.startswith("pytorch_model_fsdp") for name in names)  # FSDP: a folder of shards
-    if not (sharded or names & (WEIGHT_FILES | INDEX_FILES)):
-        return "no model weights"
-    if require_optimizer and not (deepspeed or names & OPTIMIZER_FILES or "optimizer_0" in subdirs):
-        return "no optimizer state (optimizer.pt)"
-    files = [os.path.join(root, name) for root, _, found in os.walk(path) for name in sorted(found)]
-    return next(filter(None, map(_file_problem, files)), None)
-
-
-def last_valid_checkpoint(output_dir: str, require_optimizer: bool = True) -> str | None:
-    """The newest complete `checkpoint-N` in output_dir (None if none); newer incomplete ones are skipped with a
-    warning. Use instead of transformers' `get_last_checkpoint`, which returns a folder whose save a kill cut short."""
-    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
-    steps = [(int(m.group(1)), name) for name in names if (m := CHECKPOINT_RE.match(name))]
-    for _, name in sorted(steps, reverse=True):
-        path = os.path.join(output_dir, name)
-        try:
-            problem = checkpoint_problem(path, require_optimizer) if os.path.isdir(path) else "not a folder"
-        except OSError as err:  # deleted meanwhile, e.g. by rank 0 under overwrite_output_dir
-            problem = str(err)
-        if problem is None:
-            return path
-        logger.warning("Skipping incomplete checkpoint %s: %s (a save cut short by a kill?).", path, problem)
-    return None
 
 
 def check_output_dir_writable(output_dir: str, min_free_gb: float = 1.0) -> None:

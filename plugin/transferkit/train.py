@@ -1,4 +1,4 @@
-"""Trainer glue: where the classification loss is computed, where a run resumes from, and how a run is saved.
+"""Trainer glue: where the classification loss is computed, how a run is trained and saved.
 
 The recipes build a `Trainer` (or `ClassWeightedTrainer`) with the pieces from the other modules and call
 `train_and_save`; everything Trainer already does well (the loop, Accelerate, checkpoints, logging) stays its own.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 
 import torch
 import torch.nn.functional as F
@@ -21,15 +20,10 @@ from transferkit.arguments import RunArguments
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError
 from transferkit.publish import PushTarget, checkpoint_push_callbacks, prepare_push
-from transferkit.reliability import (
-    check_output_dir_writable,
-    exit_if_preempted,
-    install_preemption_handler,
-    last_valid_checkpoint,
-)
+from transferkit.reliability import check_output_dir_writable, exit_if_preempted, install_preemption_handler
+from transferkit.resume import ScheduleFastForward, StartPoint, clear_earlier_run, resolve_start
 
 logger = logging.getLogger(__name__)
-RESUME_AUTO = ("auto", "true", "True", "1", "yes", "last")
 
 
 class ClassWeightedTrainer(Trainer):
@@ -53,54 +47,18 @@ class ClassWeightedTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def resolve_checkpoint(training_args: TrainingArguments, run_args: RunArguments) -> str | None:
-    """The checkpoint to resume from, or None; refuses to overwrite an earlier run by accident.
-
-    `resume_from_checkpoint` takes a path, or `auto` (also `true`) for the last checkpoint in output_dir.
-    """
-    requested = training_args.resume_from_checkpoint
-    output_dir = training_args.output_dir
-    last = last_valid_checkpoint(output_dir)  # skips (with a warning) checkpoints whose save a kill cut short
-    if requested in RESUME_AUTO:
-        if last is None:
-            logger.info(
-                "resume_from_checkpoint=%s: no checkpoint in %s, starting from scratch.",
-                requested,
-                output_dir,
-            )
-        return last
-    if requested:
-        if not os.path.isdir(requested):
-            raise TransferKitError(f"resume_from_checkpoint: no checkpoint folder at {requested}.")
-        return requested
-    finished = os.path.isfile(os.path.join(output_dir, "all_results.json"))
-    if (last or finished) and not run_args.overwrite_output_dir:
-        what = f"a checkpoint ({os.path.basename(last)})" if last else "a finished run"
-        raise TransferKitError(
-            f"output_dir {output_dir} already holds {what}. Set resume_from_checkpoint: auto to continue it, "
-            "overwrite_output_dir: true to start afresh, or choose another output_dir."
-        )
-    return None  # with overwrite_output_dir, train_and_save clears the earlier run once the inputs have passed
-
-
-def clear_earlier_run(trainer: Trainer) -> None:
-    """Delete an earlier run that overwrite_output_dir allowed replacing: only now, after the data, labels and model
-    were checked, so that bad input never costs the earlier run (and a stale checkpoint never outlives it)."""
-    output_dir = trainer.args.output_dir
-    earlier = last_valid_checkpoint(output_dir) or os.path.isfile(os.path.join(output_dir, "all_results.json"))
-    if earlier and trainer.is_world_process_zero():
-        logger.info("overwrite_output_dir: deleting the earlier run in %s.", output_dir)
-        shutil.rmtree(output_dir)
-
-
-def train_and_save(trainer: Trainer, checkpoint: str | None, push: PushTarget | None = None) -> dict[str, float]:
-    """Train (pushing checkpoints as `hub_strategy` asks), save the final model and tokenizer, record the metrics."""
+def train_and_save(trainer: Trainer, start: StartPoint, push: PushTarget | None = None) -> dict[str, float]:
+    """Train from `start` (deleting the run that overwrite_output_dir replaces first), pushing checkpoints as
+    `hub_strategy` asks, with SIGTERM saving a checkpoint and exiting 0; then save the final model and tokenizer
+    and record the metrics."""
     for callback in checkpoint_push_callbacks(push):
         trainer.add_callback(callback)
     install_preemption_handler(trainer)  # SIGTERM: checkpoint at the next step end, then stop
-    if checkpoint is None:
+    if start.replace_earlier:
         clear_earlier_run(trainer)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if start.model_only:
+        trainer.add_callback(ScheduleFastForward())
+    result = trainer.train(resume_from_checkpoint=start.checkpoint)
     exit_if_preempted(trainer)  # after SIGTERM: log where to resume from, exit 0
     trainer.save_model()
     metrics = dict(result.metrics)
@@ -295,14 +253,15 @@ def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
 
 def start_run(
     training_args: TrainingArguments, run_args: RunArguments, recipe: str, lora_args=None
-) -> tuple[str | None, PushTarget | None]:
-    """What every recipe checks before loading data or a model; returns (checkpoint to resume, push target).
+) -> tuple[StartPoint, PushTarget | None]:
+    """What every recipe checks before loading data or a model; returns (where training starts, push target).
 
-    Logging, the distributed backend actually asked for, a writable output_dir with room, the resume point (or a
-    refusal to overwrite an earlier run), and Hub write access when pushing.
+    Logging, the distributed backend actually asked for, a writable output_dir with room, the start point (or a
+    refusal to touch an earlier run; a finished run with resume_from_checkpoint: auto exits 0 here), and Hub write
+    access when pushing.
     """
     setup_logging(training_args)
     check_requested_backend(training_args, recipe=recipe)
     check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
-    checkpoint = resolve_checkpoint(training_args, run_args)
-    return checkpoint, prepare_push(training_args, lora_args)
+    start = resolve_start(training_args, run_args.overwrite_output_dir)
+    return start, prepare_push(training_args, lora_args)
