@@ -15,8 +15,9 @@ Config: one YAML with the pipeline's keys and one section per stage, each holdin
 
 TAPT (no corpus in `adapt`) pretrains on the texts of the classification *train* split only, as carved with the
 same seed, so no validation or test text is seen in stage 1. DAPT: give `adapt` its own train_file or dataset.
-Each stage writes its resolved config as <output_dir>/<stage>.yaml; a finished stage (run_finished.json, written as
-its last step) is not run again when the pipeline is restarted; a stage cut short resumes from its last checkpoint. The comparison lands in comparison.md and comparison.json.
+Each stage writes its resolved config as <output_dir>/<stage>.yaml. When the pipeline is restarted, a finished stage
+(run_finished.json, its last step) is not run again and a stage cut short resumes from its last checkpoint. The
+comparison lands in comparison.md and comparison.json.
 Publishing: `push_to_hub: true` with a `hub_model_id` in `adapt` and/or `classify` pushes that stage (the adapted
 encoder, the finetuned classifier); the baseline is never pushed. The token comes from HF_TOKEN, not hub_token.
 
