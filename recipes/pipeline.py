@@ -15,6 +15,8 @@ Config: one YAML with the pipeline's keys and one section per stage, each holdin
 
 TAPT (no corpus in `adapt`) pretrains on the texts of the classification *train* split only, as carved with the
 same seed, so no validation or test text is seen in stage 1. DAPT: give `adapt` its own train_file or dataset.
+A LoRA adapt stage (`adapt: {use_peft: true}`) is merged into a full model (adapt/merged), which stage 2 finetunes.
+Under `accelerate launch` one process writes the stage configs, the TAPT corpus and the report; the others wait.
 Each stage writes its resolved config as <output_dir>/<stage>.yaml. When the pipeline is restarted, a finished stage
 (run_finished.json, its last step) is not run again and a stage cut short resumes from its last checkpoint. The
 comparison lands in comparison.md and comparison.json.
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 
 import yaml
+from accelerate import PartialState
 
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.config import parse_config
@@ -54,19 +57,41 @@ REPORTED = ("test_accuracy", "test_f1_macro", "test_matthews_correlation", "eval
 def main(argv: list[str] | None = None) -> dict:
     config = load_pipeline_config(list(sys.argv[1:] if argv is None else argv))
     output_dir = config["output_dir"]
-    os.makedirs(output_dir, exist_ok=True)
     stages = plan_stages(config)
-    for name, stage in stages.items():  # every stage's config is checked before anything trains
-        parse_config(stage["recipe"].ARGUMENT_TYPES, ["--config", write_stage_config(output_dir, name, stage)])
+    args = check_stages(stages)  # every stage's config is checked before anything is written or trained
+    # Under `accelerate launch` every process runs this: one writes the shared files, the others wait, then read.
+    with args.main_process_first(local=args.save_on_each_node, desc="writing the stage configs"):
+        if args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            for name, stage in stages.items():
+                write_stage_config(output_dir, name, stage)
+            if stages["adapt"]["keys"].get("train_file") == tapt_corpus_path(output_dir):
+                write_tapt_corpus(stages["finetune"]["keys"], output_dir)
 
     results = {}
     for name, stage in stages.items():
-        if stage["keys"].get("train_file") == tapt_corpus_path(output_dir):
-            write_tapt_corpus(stages["finetune"]["keys"], output_dir)
         results[name] = run_stage(output_dir, name, stage)
+        PartialState().wait_for_everyone()  # the next stage reads what this one's main process wrote last
     report = compare(results)
-    write_report(output_dir, report)
+    if args.should_save:
+        write_report(output_dir, report)
     return report
+
+
+def check_stages(stages: dict[str, dict]):
+    """Parse each stage's keys with its recipe's defaults, from scratch files, as the stage itself will; returns the
+    first stage's TrainingArguments (for the process layout)."""
+    import tempfile
+
+    from transferkit.train import runtime_defaults
+
+    parsed = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, stage in stages.items():
+            recipe = stage["recipe"]
+            argv = ["--config", write_stage_config(scratch, name, stage)]
+            parsed.append(parse_config(recipe.ARGUMENT_TYPES, argv, defaults={**recipe.DEFAULTS, **runtime_defaults()}))
+    return parsed[0][-1]
 
 
 def validate_config(path, overrides: list[str]) -> list[str]:
@@ -112,11 +137,12 @@ def load_pipeline_config(argv: list[str]) -> dict:
 def plan_stages(config: dict) -> dict[str, dict]:
     """The stages to run, each a recipe with its keys; the model paths chain base -> adapted -> finetuned."""
     out, base, shared = config["output_dir"], config["base_model"], config.get("shared") or {}
-    adapted = os.path.join(out, "adapt")
+    adapt_keys = {**shared, **(config.get("adapt") or {}), "model_name_or_path": base}
     stages = {
-        "adapt": {"recipe": mlm, "keys": {**shared, **(config.get("adapt") or {}), "model_name_or_path": base}},
-        "finetune": {"recipe": classify, "keys": {**shared, **config["classify"], "model_name_or_path": adapted}},
+        "adapt": {"recipe": mlm, "keys": adapt_keys},
+        "finetune": {"recipe": classify, "keys": {**shared, **config["classify"]}},
     }
+    stages["finetune"]["keys"]["model_name_or_path"] = adapted_model(out, adapt_keys, base, stages["finetune"]["keys"])
     if config.get("compare_with_base", True):
         stages["baseline"] = {"recipe": classify, "keys": {**shared, **config["classify"], "model_name_or_path": base}}
     if "train_file" not in stages["adapt"]["keys"] and "dataset_name" not in stages["adapt"]["keys"]:
@@ -126,6 +152,22 @@ def plan_stages(config: dict) -> dict[str, dict]:
         stage["keys"].setdefault("resume_from_checkpoint", "auto")  # a killed stage continues where it stopped
     check_publishing(stages)
     return stages
+
+
+def adapted_model(output_dir: str, adapt_keys: dict, base: str, finetune_keys: dict) -> str:
+    """Where stage 2 finds the adapted model. A LoRA adapt stage saves only an adapter, so it also merges it into a
+    full model (adapt/merged) for stage 2 to finetune. A dry run trains nothing: stage 2 is planned on the base model
+    (the same architecture and tokenizer)."""
+    adapted = os.path.join(output_dir, "adapt")
+    if adapt_keys.get("use_peft"):
+        if adapt_keys.get("merge_adapter") is False:
+            raise TransferKitError(
+                "The adapt stage trains LoRA, so its adapter is merged into a full model for the finetune stage to "
+                "start from: remove merge_adapter: false from `adapt` (or `shared`)."
+            )
+        adapt_keys["merge_adapter"] = True
+        adapted = os.path.join(adapted, "merged")
+    return base if finetune_keys.get("dry_run") else adapted
 
 
 def check_publishing(stages: dict[str, dict]) -> None:
@@ -185,7 +227,7 @@ def run_stage(output_dir: str, name: str, stage: dict) -> dict:
         with open(os.path.join(stage_dir, "all_results.json")) as handle:
             return {**json.load(handle), "stage_seconds": None}
     started = time.perf_counter()
-    metrics = stage["recipe"].main(["--config", write_stage_config(output_dir, name, stage)])
+    metrics = stage["recipe"].main(["--config", os.path.join(output_dir, f"{name}.yaml")])  # written by main()
     return {**metrics, "stage_seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -113,3 +113,44 @@ def test_a_stage_that_crashed_after_training_is_finished_on_rerun_not_skipped(
     report = main(["--config", config, *overrides])
     assert "test_accuracy" in report["finetune"] and (finetune / "run_finished.json").is_file()
     assert steps == []  # resumed at its final checkpoint: nothing trained twice
+
+
+def test_a_lora_adapt_stage_is_merged_and_finetuned_in_full(tiny_bert, reviews_csv, tmp_path):
+    config = write_config(tmp_path, tiny_bert, reviews_csv, compare_with_base=False)
+    report = main(["--config", config, "--adapt.use_peft", "true", "--adapt.lora_r", "4"])
+    out = tmp_path / "pipe"
+    assert (out / "adapt" / "adapter_model.safetensors").is_file() and (
+        out / "adapt" / "merged" / "config.json"
+    ).is_file()
+    assert "test_accuracy" in report["finetune"] and (out / "finetune" / "model.safetensors").is_file()
+    lineage = AutoConfig.from_pretrained(out / "finetune").transferkit_lineage
+    assert lineage == [tiny_bert, str(out / "adapt"), str(out / "adapt" / "merged")]
+
+
+def test_a_lora_adapt_stage_that_is_not_merged_cannot_chain(tiny_bert, reviews_csv, tmp_path):
+    from transferkit.recipes.pipeline import validate_config
+
+    config = write_config(tmp_path, tiny_bert, reviews_csv)
+    unmerged = ["--adapt.use_peft", "true", "--adapt.merge_adapter", "false"]
+    with pytest.raises(TransferKitError, match="remove merge_adapter: false"):
+        validate_config(config, unmerged)
+    with pytest.raises(TransferKitError, match="remove merge_adapter: false"):
+        main(["--config", config, *unmerged, "--shared.dry_run", "true"])
+    assert not (tmp_path / "pipe").exists()
+
+
+@pytest.mark.slow
+def test_under_two_processes_only_the_main_process_writes_the_shared_files(tiny_bert, reviews_csv, tmp_path):
+    from tests.tiny import launch_two_processes
+
+    config = write_config(tmp_path, tiny_bert, reviews_csv)
+    launch_two_processes(str(Path(__file__).parent / "record_pipeline_writes.py"), ["--config", config])
+    out = tmp_path / "pipe"
+    writes = {rank: (tmp_path / f"writes-rank{rank}.txt").read_text().splitlines() for rank in (0, 1)}
+    shared_files = [line for line in writes[1] if line.startswith(str(out))]
+    assert not shared_files, writes[1]
+    assert sorted(line.rsplit("/", 1)[-1] for line in writes[0] if line.startswith(str(out))) == [
+        "adapt.yaml", "baseline.yaml", "comparison", "finetune.yaml", "tapt_corpus.jsonl"
+    ]  # fmt: skip
+    report = json.loads((out / "comparison.json").read_text())
+    assert "test_accuracy" in report["finetune"] and "test_accuracy" in report["baseline"]

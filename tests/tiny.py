@@ -117,7 +117,8 @@ def write_templated_corpus(path: str, lines: int = 120, seed: int = 0) -> str:
 
 
 def launch_two_processes(recipe_file: str, args: list[str]) -> subprocess.CompletedProcess:
-    """`accelerate launch` a recipe with the shipped 2-process CPU config, as a user would; fails on non-zero exit."""
+    """`accelerate launch` a recipe (a file in recipes/, or any script's path) with the shipped 2-process CPU config,
+    as a user would; fails on non-zero exit."""
     command = [
         sys.executable,
         "-m",

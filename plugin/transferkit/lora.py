@@ -312,8 +312,12 @@ def load_lora_model(adapter_dir: str, **kwargs) -> PeftModel:
 
 def merge_saved_adapter(adapter_dir: str, output_dir: str) -> PreTrainedModel:
     """Merge a saved adapter into a freshly loaded full-precision base model, on the CPU, and save the result."""
-    merged = load_lora_model(adapter_dir).merge_and_unload()  # from_pretrained loads onto the CPU
+    adapter = load_lora_model(adapter_dir)  # from_pretrained loads onto the CPU
+    base = adapter.peft_config[adapter.active_adapter].base_model_name_or_path
+    merged = adapter.merge_and_unload()
     _retie_trained_embeddings(merged)
+    # The next stage's card can then tell base -> adapter -> finetuned (models.load_pretrained extends it).
+    merged.config.transferkit_lineage = [*(getattr(merged.config, "transferkit_lineage", None) or [base]), adapter_dir]
     merged.save_pretrained(output_dir)
     return merged
 
