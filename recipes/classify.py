@@ -35,6 +35,7 @@ from transferkit.config import parse_config
 from transferkit.data import load_classification_splits
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import exit_on_user_error
+from transferkit.head_warmup import head_warmup
 from transferkit.labels import class_weights
 from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
 from transferkit.metrics import build_compute_metrics, load_metric
@@ -56,7 +57,6 @@ from transferkit.train import (
     disable_eval_without_split,
     early_stopping_callbacks,
     evaluate_and_save,
-    head_warmup_callbacks,
     log_run_plan,
     runtime_defaults,
     start_run,
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
     disable_eval_without_split(training_args, "validation" in tokenized)
-    callbacks = early_stopping_callbacks(training_args, cls_args, spec.problem_type)
-    callbacks += head_warmup_callbacks(cls_args.head_warmup_steps, model)
+    warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
+    callbacks = early_stopping_callbacks(training_args, cls_args, spec.problem_type) + [warmup] * bool(warmup)
     log_run_plan(tokenized, training_args)
 
     trainer_kwargs = {}
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=build_compute_metrics(spec.problem_type, load_metric(spec.problem_type, cls_args.metric_name)),
         callbacks=callbacks,
+        optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
         **trainer_kwargs,
     )
     check_requested_backend(trainer, recipe="classify")

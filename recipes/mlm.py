@@ -41,6 +41,7 @@ from transferkit.config import parse_config
 from transferkit.data import load_corpus_splits
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError, exit_on_user_error
+from transferkit.head_warmup import head_warmup
 from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
 from transferkit.mlm_data import lm_collator, next_token_accuracy, tokenize_for_mlm
 from transferkit.models import (
@@ -59,7 +60,6 @@ from transferkit.train import (
     MLMTrainer,
     disable_eval_without_split,
     evaluate_and_save,
-    head_warmup_callbacks,
     log_run_plan,
     runtime_defaults,
     start_run,
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if lora_args.use_peft:
         model = apply_lora(model, lora_args, mlm_args.objective)
     disable_eval_without_split(training_args, "validation" in tokenized)
+    warmup = head_warmup(mlm_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
     log_run_plan(tokenized, training_args)
 
     trainer = MLMTrainer(
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=lm_collator(tokenizer, mlm_args),
         compute_metrics=next_token_accuracy if clm else masked_token_accuracy,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        callbacks=head_warmup_callbacks(mlm_args.head_warmup_steps, model),
+        callbacks=[warmup] * bool(warmup),
+        optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
     )
     check_requested_backend(trainer, recipe="mlm")
     enable_throughput(trainer, output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)

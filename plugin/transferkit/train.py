@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
-from transformers.training_args import ParallelMode
 
 from transferkit.arguments import RunArguments
 from transferkit.distributed import check_requested_backend
@@ -136,90 +135,6 @@ class MLMTrainer(Trainer):
             if f"{prefix}loss" in logs:
                 logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 50.0))
         super().log(logs, *args, **kwargs)
-
-
-# Prefixes that wrappers put in front of a model's own parameter names (PEFT, DDP, FSDP, torch.compile).
-WRAPPER_PREFIXES = ("base_model.model.", "module.", "_fsdp_wrapped_module.", "_orig_mod.")
-
-
-def unwrapped_name(name: str) -> str:
-    """`name` as the bare model names it: wrapper prefixes removed from the front, however nested."""
-    while True:
-        prefix = next((prefix for prefix in WRAPPER_PREFIXES if name.startswith(prefix)), None)
-        if prefix is None:
-            return name
-        name = name[len(prefix) :]
-
-
-class HeadWarmupCallback(TrainerCallback):
-    """For the first `steps` optimizer steps, update only the task head: the encoder is frozen or its grads dropped.
-
-    Why: a new, randomly initialised head sends large, noisy gradients into the pretrained encoder at the start
-    and distorts its features; training the head alone first, then everything ("linear probing then finetuning",
-    Kumar et al. 2022), avoids that. It also gives a checkpoint without an MLM head (a sentence encoder) a head
-    before MLM training moves the encoder.
-
-    In a single process the encoder is frozen (requires_grad off) for the warm-up, so backward stops at the head:
-    a warm-up step costs about a forward pass (the quickstart's head-only epoch: 48 s, a full epoch ~115 s). Under
-    DDP, FSDP or DeepSpeed, which fix the set of trainable parameters when they wrap the model, the encoder's
-    gradients are instead discarded just before the optimizer step. Either way AdamW skips parameters whose grad
-    is None (no weight-decay drift). The encoder is every parameter under the model's `base_model_prefix` (e.g.
-    `bert.`), which includes tied input embeddings and, under LoRA, the adapters; names are compared without
-    wrapper prefixes (PEFT's `base_model.model.`), so a prefix such as `model` does not match the wrapper's name.
-    """
-
-    def __init__(self, steps: int, encoder_prefix: str) -> None:
-        self.steps = steps
-        self.encoder_marker = f"{encoder_prefix}."
-        self.frozen: list[torch.nn.Parameter] = []
-
-    def is_encoder(self, name: str) -> bool:
-        return unwrapped_name(name).startswith(self.encoder_marker)
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.max_steps and self.steps >= state.max_steps:
-            logger.warning(
-                "head_warmup_steps (%d) covers all %d training steps: only the head will be trained. Lower it or "
-                "train for longer to finetune the whole model.",
-                self.steps,
-                state.max_steps,
-            )
-        if model is not None and state.global_step < self.steps and args.parallel_mode == ParallelMode.NOT_PARALLEL:
-            self.frozen = [p for name, p in model.named_parameters() if p.requires_grad and self.is_encoder(name)]
-            for parameter in self.frozen:
-                parameter.requires_grad_(False)
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.frozen or state.global_step >= self.steps or model is None:
-            return  # frozen: the encoder has no gradients to drop
-        for name, parameter in model.named_parameters():
-            if self.is_encoder(name):
-                parameter.grad = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.steps:
-            self.unfreeze()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.unfreeze()
-
-    def unfreeze(self) -> None:
-        for parameter in self.frozen:
-            parameter.requires_grad_(True)
-        self.frozen = []
-
-
-def head_warmup_callbacks(steps: int, model: torch.nn.Module) -> list[TrainerCallback]:
-    """[HeadWarmupCallback] for `steps` > 0 (empty otherwise); the encoder is the bare model's `base_model_prefix`."""
-    if steps <= 0:
-        return []
-    bare = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not getattr(bare, "base_model_prefix", "") or not hasattr(bare, bare.base_model_prefix):
-        raise TransferKitError(
-            f"head_warmup_steps needs a model with an encoder and a head; {type(bare).__name__} has no "
-            f"'{getattr(bare, 'base_model_prefix', '')}' encoder. Set head_warmup_steps: 0."
-        )
-    return [HeadWarmupCallback(steps, bare.base_model_prefix)]
 
 
 def early_stopping_callbacks(args: TrainingArguments, cls_args, problem_type: str) -> list[TrainerCallback]:
