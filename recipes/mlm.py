@@ -70,7 +70,8 @@ logger = logging.getLogger("transferkit.recipes.mlm")
 CARD_TASKS = {"mlm": "fill-mask", "clm": "text-generation"}
 
 # Columns are chosen by the recipe (input ids, masks, offsets for whole-word masking), so Trainer must not drop
-# the ones the model's forward does not name.
+# the ones the model's forward does not name. A streamed corpus is read by every rank for its own batches instead of
+# rank 0 reading (and tokenizing) every batch for all (accelerate's default for iterable datasets).
 DEFAULTS = {
     "output_dir": "outputs/mlm",
     "eval_strategy": "epoch",
@@ -79,6 +80,7 @@ DEFAULTS = {
     "logging_steps": 25,
     "ddp_find_unused_parameters": False,
     "remove_unused_columns": False,
+    "accelerator_config": {"dispatch_batches": False},
 }
 ARGUMENT_TYPES = (
     ModelArguments,

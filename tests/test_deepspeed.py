@@ -162,3 +162,15 @@ def test_zero2_head_warmup_leaves_the_encoder_as_loaded(tiny_bert, reviews_csv, 
     warmup = ["--head_warmup_steps", "3", "--weight_decay", "0.1"]
     run_classify(cpu_zero_config(tmp_path, 2), *classify_args(tiny_bert, reviews_csv, out, 4, *warmup))
     assert_encoder_kept(encoder_weights(tiny_bert), encoder_weights(str(out)))
+
+
+def test_zero2_dry_run_plans_without_a_backward_pass_and_writes_nothing(tiny_bert, reviews_csv, tmp_path):
+    """Before training, DeepSpeed has not wrapped the model: a timed backward through it would fail. The plan is
+    printed without a time estimate."""
+    out = tmp_path / "zero2_dry"
+    result = run_classify(
+        cpu_zero_config(tmp_path, 2), *classify_args(tiny_bert, reviews_csv, out, 4, "--dry_run", "true")
+    )
+    assert "dry run: 3 optimizer steps" in result.stderr
+    assert "no time estimate under FSDP or DeepSpeed" in result.stderr
+    assert not out.exists() or not [path for path in out.rglob("*") if path.is_file()]

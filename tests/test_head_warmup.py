@@ -121,3 +121,19 @@ def test_warmup_under_two_process_ddp_leaves_the_encoder_as_loaded(tiny_bert, re
     args = ["--max_steps", "3", "--head_warmup_steps", "3", "--weight_decay", "0.1", "--per_device_train_batch_size"]
     launch_two_processes("classify.py", base_args(tiny_bert, reviews_csv, out, *args, "4"))
     assert_encoder_kept(encoder_weights(tiny_bert), encoder_weights(str(out)))
+
+
+def test_the_encoders_optimizer_state_starts_afresh_when_the_warmup_ends(tiny_bert, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    optimizer = build_optimizer(model, tmp_path)
+    callback = head_warmup(3, model)
+    inputs = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "labels": torch.tensor([1])}
+    for step in range(5):
+        callback.on_step_begin(None, state_at(step), TrainerControl(), optimizer=optimizer)
+        if step == 3:  # the first step after the warm-up: no moments for the encoder, the head keeps its own
+            assert not [p for p in model.bert.parameters() if p in optimizer.state]
+            assert model.classifier.weight in optimizer.state
+        model(**inputs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert int(optimizer.state[model.bert.pooler.dense.weight]["step"]) == 2  # steps 3 and 4, since the reset

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +198,59 @@ def test_two_process_run(tiny_bert, corpus, tmp_path):
     )
     assert "Global batch 8 = 4 per device x 1 accumulation steps x 2 processes" in result.stderr
     assert "eval_perplexity" in json.loads((tmp_path / "two" / "all_results.json").read_text())
+
+
+def numbered_lines(path, count: int = 240) -> str:
+    """Distinct lines, in order: line i spells i in base len(WORDS) with three words."""
+    from tests.tiny import NEUTRAL, POSITIVE
+
+    words = POSITIVE + NEUTRAL
+    lines = [" ".join(words[(i // len(words) ** k) % len(words)] for k in range(3)) for i in range(count)]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def streaming_args(model: str, corpus: str, output_dir, per_device: int) -> list[str]:
+    return run_args(model, corpus, output_dir, "--streaming", "true", "--line_by_line", "true", "--max_steps", "6",
+                    "--per_device_train_batch_size", str(per_device), "--max_eval_samples", "16",
+                    "--eval_strategy", "no", "--save_strategy", "no")  # fmt: skip
+
+
+def collated_rows(path) -> list[tuple[int, ...]]:
+    return [tuple(map(int, line.split())) for line in Path(path).read_text().splitlines()]
+
+
+def file_rows(model: str, corpus: str) -> list[tuple[int, ...]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return [tuple(tokenizer(line)["input_ids"]) for line in Path(corpus).read_text().splitlines()]
+
+
+def test_a_streamed_corpus_is_shuffled(tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.tiny import REPO
+
+    corpus = numbered_lines(tmp_path / "lines.txt")
+    out = tmp_path / "one"
+    driver = str(Path(__file__).parent / "record_collated_rows.py")
+    subprocess.run([sys.executable, driver, *streaming_args(tiny_bert, corpus, out, 8)], check=True, cwd=REPO,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
+    seen, in_file = collated_rows(f"{out}.rank0.rows"), file_rows(tiny_bert, corpus)[16:]  # 16 held out
+    assert len(seen) == 48 and len(set(seen)) == 48 and set(seen) <= set(in_file)
+    assert seen != in_file[:48]  # in file order, it was not shuffled
+
+
+@pytest.mark.slow
+def test_two_processes_stream_disjoint_rows(tiny_bert, tmp_path):
+    corpus = numbered_lines(tmp_path / "lines.txt")
+    out = tmp_path / "two"
+    launch_two_processes(
+        str(Path(__file__).parent / "record_collated_rows.py"), streaming_args(tiny_bert, corpus, out, 4)
+    )
+    ranks = [collated_rows(f"{out}.rank{rank}.rows") for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 24  # 6 steps of 4 rows each, collated where they are trained
+    assert not set(ranks[0]) & set(ranks[1])
+    assert set(ranks[0]) | set(ranks[1]) <= set(file_rows(tiny_bert, corpus)[16:])

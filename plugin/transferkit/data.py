@@ -39,6 +39,7 @@ FORMATS = {
 }
 TABLE_FORMATS = tuple(ext for ext in FORMATS if ext != ".txt")
 STREAM_CHECK_LINES = 10_000  # a streamed corpus is too large to read twice: its head is checked
+STREAM_SHUFFLE_BUFFER = 10_000  # documents held to shuffle a stream (datasets' default is 1,000)
 DEFAULT_TEXT_COLUMNS = (["text"], ["sentence1", "sentence2"], ["sentence"])
 
 
@@ -411,6 +412,10 @@ def load_corpus_splits(
         if "validation" not in splits:
             held_out = data_args.max_eval_samples or 1000
             splits = {"train": train.skip(held_out), "validation": train.take(held_out)}
+        # Shuffled through a buffer, reseeded each epoch (Trainer calls set_epoch); under N processes accelerate then
+        # gives each rank its own part (whole files when there are enough, else every N-th batch), since the MLM
+        # recipe turns off dispatching every batch from rank 0 (`accelerator_config: {dispatch_batches: false}`).
+        splits["train"] = splits["train"].shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER)
         return IterableDatasetDict(splits), text_columns
     splits = DatasetDict(splits)
     splits = drop_empty_texts(splits, text_columns)

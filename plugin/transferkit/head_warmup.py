@@ -11,8 +11,9 @@ their learning rate is 0 until the warm-up ends. AdamW then moves them by exactl
 on FSDP shards or inside DeepSpeed's engine, which keeps the groups it is given. (Freezing the encoder instead
 cannot be undone under DDP or DeepSpeed, which fix the set of trainable parameters when they wrap the model; and
 dropping gradients before the optimizer step comes too late under DeepSpeed, whose engine steps during backward.)
-The encoder still gets gradients during the warm-up: its Adam moments are estimated meanwhile, and gradient
-clipping measures the whole model's gradient, as it does after the warm-up.
+When the warm-up ends, the encoder's optimizer state is cleared, so it starts as a freshly finetuned model would
+(LP-FT's second stage), not with moments estimated while it stood still. Gradient clipping measures the whole
+model's gradient throughout, as it does after the warm-up.
 
 The encoder is the bare model's `base_model_prefix` module (`bert`, `model`, ...): with it the tied input
 embeddings (an MLM decoder's weight among them) and, under LoRA, the adapters.
@@ -77,7 +78,8 @@ class EncoderHeadGroups:
 
 class HeadWarmupCallback(TrainerCallback):
     """Sets the encoder groups' learning rate to 0 before each optimizer step of the warm-up (the scheduler sets
-    every group's rate after each step; from step `steps` on it is left alone)."""
+    every group's rate after each step; from step `steps` on it is left alone), and clears their optimizer state
+    before the first step after it."""
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
@@ -107,10 +109,14 @@ class HeadWarmupCallback(TrainerCallback):
             )
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if state.global_step < self.steps and optimizer is not None:
-            for group in optimizer.param_groups:
-                if group.get(ENCODER_GROUP):
-                    group["lr"] = 0.0
+        if optimizer is None or state.global_step > self.steps:
+            return
+        for group in (group for group in optimizer.param_groups if group.get(ENCODER_GROUP)):
+            if state.global_step < self.steps:
+                group["lr"] = 0.0
+            else:  # DeepSpeed's groups hold flat partitions: their state is cleared the same way
+                for parameter in group["params"]:
+                    optimizer.state.pop(parameter, None)
 
 
 def head_warmup(steps: int, model: torch.nn.Module) -> HeadWarmupCallback | None:

@@ -131,7 +131,9 @@ def _tokens(split) -> int | None:
 def plan_run(trainer: Trainer, splits: dict, timed_batches: int = 3) -> dict:
     """What `trainer.train()` would do: examples and tokens per split, optimizer steps, global batch, time estimate.
     The time comes from forward + backward of `timed_batches` real batches among the first 64, after a warm-up one;
-    no optimizer step, gradients and torch RNG restored, nothing written. Optimizer update, eval, saves: left out."""
+    no optimizer step, gradients and torch RNG restored, nothing written. Optimizer update, eval, saves: left out.
+    Under FSDP or DeepSpeed the model is sharded only when training starts, and a backward pass through the bare
+    model would not run there: the plan then has no time estimate."""
     args, model = trainer.args, trainer.model
     dataloader = trainer.get_train_dataloader()
     epochs, per_epoch, _, _, global_batch, batches, total = trainer.set_initial_training_values(args, dataloader)
@@ -143,6 +145,8 @@ def plan_run(trainer: Trainer, splits: dict, timed_batches: int = 3) -> dict:
         **{"per_device_batch": args.per_device_train_batch_size, "world_size": max(1, args.world_size)},
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return {**plan, "timed_batches": 0, "seconds_per_step": None, "estimated_train_seconds": None}
     span = max(2, min(batches or timed_batches + 1, 64))
     wanted = {0} | {1 + round(i * (span - 2) / max(1, timed_batches - 1)) for i in range(timed_batches)}
     times, was_training = [], model.training
@@ -175,7 +179,9 @@ def print_plan(plan: dict) -> None:
         f"{p['global_batch']} = {p['per_device_batch']} per device x {p['gradient_accumulation_steps']} accumulation "
         f"x {p['world_size']} processes"
     )
-    if p["estimated_train_seconds"] is not None:
+    if p["estimated_train_seconds"] is None:
+        logger.info("dry run: no time estimate under FSDP or DeepSpeed (the model is sharded when training starts).")
+    else:
         logger.info(
             f"dry run: about {p['seconds_per_step']:.3f} s per optimizer step (forward + backward, "
             f"{p['timed_batches']} timed batches): {p['estimated_train_seconds'] / 60:.1f} min of training, "
