@@ -26,7 +26,8 @@ encoder, the finetuned classifier); the baseline is never pushed. The token come
 Launch:
     python recipes/pipeline.py --config recipes/configs/quickstart/pipeline.yaml --classify.train_file reviews.csv
     transferkit quickstart pipeline       # the same on the quickstart data (offline)
-Overrides: --<stage>.<key> VALUE (e.g. --adapt.max_steps 50), or --<key> VALUE for pipeline keys.
+Overrides: --<section>.<key> VALUE (e.g. --adapt.max_steps 50, --classify.fp16=true, --shared.bf16), typed by the
+recipe's own parser, or --<key> VALUE for pipeline keys.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import yaml
 from accelerate import PartialState
 
 from transferkit.arguments import DataArguments, ModelArguments
-from transferkit.config import parse_config
+from transferkit.config import parse_config, parse_overrides
 from transferkit.data import load_classification_splits
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.recipes import classify, mlm
@@ -50,6 +51,7 @@ from transferkit.resume import is_finished
 
 logger = logging.getLogger("transferkit.recipes.pipeline")
 PIPELINE_KEYS = {"base_model", "output_dir", "compare_with_base", "shared", "adapt", "classify"}
+SECTION_RECIPES = {"adapt": (mlm,), "classify": (classify,), "shared": (mlm, classify)}
 STAGES = ("adapt", "finetune", "baseline")
 REPORTED = ("test_accuracy", "test_f1_macro", "test_matthews_correlation", "eval_accuracy", "eval_perplexity")
 
@@ -114,16 +116,34 @@ def validate_config(path, overrides: list[str]) -> list[str]:
 
 
 def load_pipeline_config(argv: list[str]) -> dict:
-    if "--config" not in argv:
-        raise TransferKitError("The pipeline needs --config FILE.yaml (see recipes/configs/quickstart/pipeline.yaml).")
-    index = argv.index("--config")
-    with open(argv[index + 1], encoding="utf-8") as handle:
+    """The YAML config, then the command line's overrides: `--<section>.<key> VALUE` for a stage section (adapt,
+    classify, shared), each typed by the parser of the recipe it goes to, and `--<key> VALUE` for a pipeline key."""
+    groups: dict[str | None, list[str]] = {}
+    for flag, values in _flag_groups(argv):
+        name, equals, value = flag[2:].partition("=")
+        section, _, key = name.rpartition(".")
+        groups.setdefault(section or None, []).extend([f"--{key}{equals}{value}", *values])
+    pipeline_args, unknown = _pipeline_parser().parse_known_args(groups.pop(None, []))
+    if unknown or not pipeline_args.config:
+        raise TransferKitError(
+            f"Unknown pipeline key '{unknown[0].lstrip('-').split('=')[0]}'. Pipeline keys: {sorted(PIPELINE_KEYS)}."
+            if unknown
+            else "The pipeline needs --config FILE.yaml (see recipes/configs/quickstart/pipeline.yaml)."
+        )
+    with open(pipeline_args.config, encoding="utf-8") as handle:
         config = yaml.safe_load(handle) or {}
-    rest = argv[:index] + argv[index + 2 :]
-    for flag, value in zip(rest[::2], rest[1::2]):
-        section, _, key = flag.removeprefix("--").rpartition(".")
-        target = config.setdefault(section, {}) if section else config
-        target[key] = yaml.safe_load(value)  # "3" -> 3, "true" -> True, as in the YAML file
+    config.update({key: value for key, value in vars(pipeline_args).items() if value is not None and key != "config"})
+    for section, section_argv in groups.items():
+        if section not in SECTION_RECIPES:
+            raise TransferKitError(
+                f"Unknown pipeline section '{section}' in --{section}.*: use adapt, classify or shared."
+            )
+        overrides = {}
+        for recipe in SECTION_RECIPES[section]:  # a shared key must be valid for both recipes
+            overrides = parse_overrides(
+                recipe.ARGUMENT_TYPES, section_argv, source=f"--{section}.* on the command line"
+            )
+        config[section] = {**(config.get(section) or {}), **overrides}
     unknown = set(config) - PIPELINE_KEYS
     if unknown:
         raise TransferKitError(f"Unknown pipeline key '{sorted(unknown)[0]}'. Pipeline keys: {sorted(PIPELINE_KEYS)}.")
@@ -132,6 +152,32 @@ def load_pipeline_config(argv: list[str]) -> dict:
             raise TransferKitError(f"The pipeline config needs '{required}'.")
     config.setdefault("output_dir", "outputs/pipeline")
     return config
+
+
+def _flag_groups(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """(`--flag`, the values after it) in order; a value that starts with `--` is taken for the next flag."""
+    groups: list[tuple[str, list[str]]] = []
+    for token in argv:
+        if token.startswith("--"):
+            groups.append((token, []))
+        elif groups:
+            groups[-1][1].append(token)
+        else:
+            raise TransferKitError(f"Unexpected argument '{token}': pipeline options are --key VALUE.")
+    return groups
+
+
+def _pipeline_parser():
+    import argparse
+
+    from transformers.hf_argparser import string_to_bool
+
+    parser = argparse.ArgumentParser(prog="pipeline", add_help=False, exit_on_error=False)
+    parser.add_argument("--config")
+    parser.add_argument("--base_model")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--compare_with_base", type=string_to_bool, nargs="?", const=True)
+    return parser
 
 
 def plan_stages(config: dict) -> dict[str, dict]:

@@ -154,3 +154,19 @@ def test_under_two_processes_only_the_main_process_writes_the_shared_files(tiny_
     ]  # fmt: skip
     report = json.loads((out / "comparison.json").read_text())
     assert "test_accuracy" in report["finetune"] and "test_accuracy" in report["baseline"]
+
+
+def test_overrides_take_the_recipes_forms(tiny_bert, reviews_csv, tmp_path):
+    from transferkit.recipes.pipeline import load_pipeline_config
+
+    config = write_config(tmp_path, tiny_bert, reviews_csv)
+    argv = ["--config", config, "--adapt.max_steps=7", "--classify.fp16", "--shared.seed", "5"]
+    argv += ["--classify.text_column_names", "text", "--compare_with_base", "false", "--adapt.learning_rate", "-1"]
+    loaded = load_pipeline_config(argv)
+    assert loaded["adapt"]["max_steps"] == 7 and loaded["classify"]["fp16"] is True  # `--k=v`, a bare boolean
+    assert loaded["shared"]["seed"] == 5 and loaded["classify"]["text_column_names"] == ["text"]
+    assert loaded["compare_with_base"] is False and loaded["adapt"]["learning_rate"] == -1.0
+    with pytest.raises(TransferKitError, match="'objective'"):  # a shared key must suit both recipes
+        load_pipeline_config(["--config", config, "--shared.objective", "mlm"])
+    with pytest.raises(TransferKitError, match="section 'stage2'"):
+        load_pipeline_config(["--config", config, "--stage2.max_steps", "3"])

@@ -56,6 +56,17 @@ def parse_config(
     return tuple(parsed[: len(dataclass_types)])  # what follows is the namespace holding --config
 
 
+def parse_overrides(dataclass_types: Sequence[type], argv: Sequence[str], source: str = "command line") -> dict:
+    """Only the options `argv` gives, typed by the recipe's own parser (`--k v`, `--k=v`, bare booleans, lists)."""
+    parser = build_parser(dataclass_types)
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    namespace, remaining = parser.parse_known_args(list(argv))
+    if remaining:
+        raise TransferKitError(_unknown_flags_message(parser, remaining, source))
+    return {key: value for key, value in vars(namespace).items() if key != "config"}
+
+
 def load_yaml_config(parser: HfArgumentParser, path: str) -> dict[str, Any]:
     """Read a YAML config and check every key and value against the parser's options."""
     if not os.path.isfile(path):
@@ -159,7 +170,7 @@ def _unknown_key_message(key: str, valid: list[str], source: str) -> str:
     return f"{source}: unknown key '{key}'.{hint}"
 
 
-def _unknown_flags_message(parser: argparse.ArgumentParser, remaining: list[str]) -> str:
+def _unknown_flags_message(parser: argparse.ArgumentParser, remaining: list[str], source: str = "command line") -> str:
     flags = [item for item in remaining if item.startswith("--")] or remaining
     key = flags[0].lstrip("-").split("=")[0].replace("-", "_")
-    return _unknown_key_message(key, list(_actions_by_dest(parser)), "command line")
+    return _unknown_key_message(key, list(_actions_by_dest(parser)), source)
