@@ -224,10 +224,10 @@ def check_trainable(peft_model: PeftModel, names: list[str]) -> None:
             )
 
 
-def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
-    """Trainable and total parameters (shared weights counted once), for the logs and all_results.json."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+def parameter_counts(model: PeftModel) -> dict[str, float]:
+    """Trainable and total parameters, for the logs and all_results.json: PEFT's own count, which also sizes ZeRO-3's
+    partitioned and bitsandbytes' 4-bit weights (shared weights counted once)."""
+    trainable, total = model.get_nb_trainable_parameters()
     return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total}
 
 

@@ -15,6 +15,7 @@ import time
 
 import pyarrow.compute as pc
 import torch
+from accelerate import Accelerator
 from transformers import Trainer, TrainerCallback
 
 from transferkit.errors import TransferKitError
@@ -28,20 +29,15 @@ class TrainingPreempted(SystemExit):
 
 class PreemptionCallback(TrainerCallback):
     """On SIGTERM (preemption, torchrun/SLURM shutdown) save a checkpoint at the next step end and stop. The handler
-    sets a flag, max-reduced over DDP ranks at each step end (all stop together); set for `train()` only."""
+    only sets a flag; at each step end accelerate's trigger (`set_trigger` / `check_trigger`, a max over the ranks)
+    makes every rank stop at the same step. The handler is set for `train()` only."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
-        self.signals, self.requested, self._previous, self.stopped_at, self.checkpoint = signals, False, {}, None, None
+    def __init__(self, accelerator: Accelerator, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+        self.accelerator, self.signals = accelerator, signals
+        self.requested, self._previous, self.stopped_at, self.checkpoint = False, {}, None, None
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-
-    def _agreed(self, args) -> bool:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self.requested
-        flag = torch.tensor([int(self.requested)], device=args.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self.stopped_at = self.checkpoint = None
@@ -52,7 +48,9 @@ class PreemptionCallback(TrainerCallback):
             loader.worker_init_fn = functools.partial(_ignore_in_worker, self.signals, loader.worker_init_fn)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stopped_at is None and self._agreed(args):
+        if self.requested:
+            self.accelerator.set_trigger()
+        if self.stopped_at is None and self.accelerator.check_trigger():
             self.stopped_at = state.global_step
             self.checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             control.should_save = control.should_training_stop = control.should_log = True
@@ -81,7 +79,7 @@ def install_preemption_handler(trainer: Trainer, signals: tuple[int, ...] = (sig
     """Add a PreemptionCallback to `trainer`, once (later calls return it); its handler is active during `train()`."""
     found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback)]
     if not found:
-        found.append(PreemptionCallback(signals))
+        found.append(PreemptionCallback(trainer.accelerator, signals))
         trainer.add_callback(found[0])
     return found[0]
 
