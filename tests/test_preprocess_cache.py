@@ -123,39 +123,51 @@ def test_second_process_reuses_the_tokenized_cache(tiny_bert, reviews_csv, tmp_p
     assert arrow_files(cache) == after_first  # and wrote or rewrote none
 
 
-def test_tokenizer_fingerprint_ignores_runtime_state_but_not_configuration(tiny_bert):
-    from transformers import AutoTokenizer
-
-    from transferkit.preprocess import tokenizer_fingerprint
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    fresh = tokenizer_fingerprint(tokenizer)
-    tokenizer(["good film"] * 2, truncation=True, max_length=4, padding="max_length")  # sets backend state
-    tokenizer(" ".join(["film"] * 100))  # longer than model_max_length: warns once, and records that
-    assert tokenizer_fingerprint(tokenizer) == fresh
-    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_bert)) == fresh
-
-    cased = AutoTokenizer.from_pretrained(tiny_bert, do_lower_case=False)
-    assert tokenizer_fingerprint(cased) != fresh
-    tokenizer.add_tokens(["cinema"])
-    assert tokenizer_fingerprint(tokenizer) != fresh
-
-
-def test_map_fingerprint_changes_with_inputs_and_settings(tiny_bert):
+def test_map_fingerprint_ignores_tokenizer_runtime_state_but_not_its_configuration(tiny_bert):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from transferkit.preprocess import _tokenize_batch, map_fingerprint, tokenizer_fingerprint
+    from transferkit.preprocess import _tokenize_batch, map_fingerprint
 
-    key = tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_bert))
-    one, other = Dataset.from_dict({"text": ["a good film"]}), Dataset.from_dict({"text": ["a bad film"]})
-    settings = {"text_columns": ["text"], "max_seq_length": 32}
-    reference = map_fingerprint(one, _tokenize_batch, key, settings)
-    assert map_fingerprint(one, _tokenize_batch, key, dict(settings)) == reference
-    assert map_fingerprint(other, _tokenize_batch, key, settings) != reference
-    assert map_fingerprint(one, _tokenize_batch, key, {**settings, "max_seq_length": 16}) != reference
-    assert map_fingerprint(one, _tokenize_batch, "another tokenizer", settings) != reference
-    assert map_fingerprint(one, _tokenize_batch, None, settings) is None  # unhashable tokenizer: datasets' own key
+    rows = Dataset.from_dict({"text": ["a good film"]})
+
+    def key(tokenizer, **settings):
+        return map_fingerprint(rows, _tokenize_batch, {"tokenizer": tokenizer, "max_seq_length": 32, **settings})
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    fresh = key(tokenizer)
+    tokenizer(["good film"] * 2, truncation=True, max_length=4, padding="max_length")  # sets backend state
+    tokenizer(" ".join(["film"] * 100))  # longer than model_max_length: warns once, and records that
+    assert key(tokenizer) == fresh == key(AutoTokenizer.from_pretrained(tiny_bert))
+    assert key(AutoTokenizer.from_pretrained(tiny_bert, do_lower_case=False)) != fresh
+    assert key(tokenizer, max_seq_length=16) != fresh
+    assert map_fingerprint(Dataset.from_dict({"text": ["a bad film"]}), _tokenize_batch, {"tokenizer": tokenizer}) != (
+        map_fingerprint(rows, _tokenize_batch, {"tokenizer": tokenizer})
+    )
+    tokenizer.add_tokens(["cinema"])
+    assert key(tokenizer) != fresh
+
+
+def test_map_fingerprint_changes_when_the_mapped_functions_module_is_edited(tmp_path, monkeypatch):
+    """datasets alone keys a module-level function by its name: an edited (upgraded) function would reuse old files."""
+    import importlib
+
+    from datasets import Dataset
+    from datasets.fingerprint import Hasher
+
+    from transferkit import preprocess
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "edited_tokenizing.py"
+    source.write_text("def tokenize(batch):\n    return {'n': [1 for _ in batch['text']]}\n")
+    module = importlib.import_module("edited_tokenizing")
+    rows = Dataset.from_dict({"text": ["a good film"]})
+    before, datasets_key = preprocess.map_fingerprint(rows, module.tokenize, {}), Hasher.hash(module.tokenize)
+    source.write_text("def tokenize(batch):\n    return {'n': [2 for _ in batch['text']]}\n")
+    module = importlib.reload(module)
+    preprocess._module_source_hash.cache_clear()
+    assert Hasher.hash(module.tokenize) == datasets_key  # what datasets would key the map with
+    assert preprocess.map_fingerprint(rows, module.tokenize, {}) != before
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from transformers import (
 
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
-from transferkit.preprocess import map_fingerprint, tokenizer_fingerprint
+from transferkit.preprocess import map_fingerprint
 from transferkit.sparse_mlm import predicted_ids_and_labels, scored_accuracy
 
 EVAL_MASK_PROBABILITY = 0.15
@@ -69,15 +69,13 @@ def tokenize_for_mlm(
             "desc": "Tokenizing and chunking",
         }
     )
-    tokenizer_key = None if mlm_args.streaming else tokenizer_fingerprint(tokenizer)  # a stream is never cached
     with training_args.main_process_first(desc="tokenizing"):
         chunked = {}
         for name, split in splits.items():
             columns = split.column_names or list(next(iter(split)))  # a streamed split may only know them at row 1
             options = dict(map_options)
-            if tokenizer_key is not None:
-                settings = {key: value for key, value in kwargs.items() if key != "tokenizer"} | {"removed": columns}
-                options["new_fingerprint"] = map_fingerprint(split, function, tokenizer_key, settings)
+            if not mlm_args.streaming:  # a stream is never cached
+                options["new_fingerprint"] = map_fingerprint(split, function, {**kwargs, "removed": columns})
             chunked[name] = split.map(function, batched=True, remove_columns=columns, fn_kwargs=kwargs, **options)
             if name != "train" and not clm:
                 chunked[name] = mask_for_evaluation(chunked[name], tokenizer, map_options)
