@@ -70,8 +70,8 @@ logger = logging.getLogger("transferkit.recipes.mlm")
 CARD_TASKS = {"mlm": "fill-mask", "clm": "text-generation"}
 
 # Columns are chosen by the recipe (input ids, masks, offsets for whole-word masking), so Trainer must not drop
-# the ones the model's forward does not name. A streamed corpus is read by every rank for its own batches instead of
-# rank 0 reading (and tokenizing) every batch for all (accelerate's default for iterable datasets).
+# the ones the model's forward does not name. Each rank reads its own part of a streamed corpus, instead of rank 0
+# reading (and tokenizing) every batch for all, accelerate's default for iterable datasets (data.streamed_splits).
 DEFAULTS = {
     "output_dir": "outputs/mlm",
     "eval_strategy": "epoch",

@@ -212,8 +212,17 @@ def numbered_lines(path, count: int = 240) -> str:
 
 def streaming_args(model: str, corpus: str, output_dir, per_device: int) -> list[str]:
     return run_args(model, corpus, output_dir, "--streaming", "true", "--line_by_line", "true", "--max_steps", "6",
-                    "--per_device_train_batch_size", str(per_device), "--max_eval_samples", "16",
+                    "--per_device_train_batch_size", str(per_device), "--validation_split_percentage", "10",
                     "--eval_strategy", "no", "--save_strategy", "no")  # fmt: skip
+
+
+def held_out_rows(model: str, corpus: str) -> set[tuple[int, ...]]:
+    """The rows a 10% held-out split keeps for evaluation: never trained on, whoever reads which file."""
+    from transferkit.data import _held_out
+
+    lines = Path(corpus).read_text().splitlines()
+    rows = file_rows(model, corpus)
+    return {row for row, line in zip(rows, lines) if _held_out({"text": line}, ["text"], 10)}
 
 
 def collated_rows(path) -> list[tuple[int, ...]]:
@@ -238,20 +247,34 @@ def test_a_streamed_corpus_is_shuffled(tiny_bert, tmp_path):
     driver = str(Path(__file__).parent / "record_collated_rows.py")
     subprocess.run([sys.executable, driver, *streaming_args(tiny_bert, corpus, out, 8)], check=True, cwd=REPO,
                    capture_output=True, env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
-    seen, in_file = collated_rows(f"{out}.rank0.rows"), file_rows(tiny_bert, corpus)[16:]  # 16 held out
+    held_out = held_out_rows(tiny_bert, corpus)
+    in_file = [row for row in file_rows(tiny_bert, corpus) if row not in held_out]
+    seen = collated_rows(f"{out}.rank0.rows")
     # 6 steps of 8 rows, and the batch accelerate reads ahead
     assert len(seen) >= 48 and len(set(seen)) == len(seen) and set(seen) <= set(in_file)
     assert seen != in_file[: len(seen)]  # in file order, it was not shuffled
+    assert 10 <= len(held_out) <= 40  # about 10% of 240
 
 
 @pytest.mark.slow
-def test_two_processes_stream_disjoint_rows(tiny_bert, tmp_path):
+@pytest.mark.parametrize("files", [1, 2], ids=["one-file", "two-unequal-files"])
+def test_two_processes_stream_disjoint_rows(files, tiny_bert, tmp_path):
+    """One file: every rank reads it and keeps its share of each global batch. Two files: one each (accelerate shards
+    by file), 40 rows against 200; each rank cycles through its own, so neither runs out and leaves the other
+    waiting in an all-reduce (more steps than the small file has rows)."""
     corpus = numbered_lines(tmp_path / "lines.txt")
+    if files == 2:
+        lines = Path(corpus).read_text().splitlines()
+        (tmp_path / "corpus").mkdir()
+        (tmp_path / "corpus" / "a.txt").write_text("\n".join(lines[:44]) + "\n")  # about 40 to train on
+        (tmp_path / "corpus" / "b.txt").write_text("\n".join(lines[44:]) + "\n")
+        corpus = str(tmp_path / "corpus")
     out = tmp_path / "two"
-    launch_two_processes(
-        str(Path(__file__).parent / "record_collated_rows.py"), streaming_args(tiny_bert, corpus, out, 4)
-    )
+    args = streaming_args(tiny_bert, corpus, out, 4)
+    args[args.index("--max_steps") + 1] = "15"  # 60 rows a rank: the 40-row file is read more than once
+    launch_two_processes(str(Path(__file__).parent / "record_collated_rows.py"), args)
     ranks = [collated_rows(f"{out}.rank{rank}.rows") for rank in (0, 1)]
-    assert len(ranks[0]) >= 24 and len(ranks[1]) >= 24  # 6 steps of 4 rows each, collated where they are trained
+    assert len(ranks[0]) >= 60 and len(ranks[1]) >= 60  # collated where they are trained, not dispatched
     assert not set(ranks[0]) & set(ranks[1])
-    assert set(ranks[0]) | set(ranks[1]) <= set(file_rows(tiny_bert, corpus)[16:])
+    lines = str(tmp_path / "lines.txt")
+    assert set(ranks[0]) | set(ranks[1]) <= set(file_rows(tiny_bert, lines)) - held_out_rows(tiny_bert, lines)

@@ -188,7 +188,10 @@ class MLMArguments:
     )
     streaming: bool = field(
         default=False,
-        **_help("Stream the corpus instead of loading it (for corpora larger than memory; needs max_steps)."),
+        **_help(
+            "Stream the corpus instead of loading it, for corpora larger than memory: needs max_steps; the first "
+            "max_eval_samples rows (default 1000) are held out in memory for evaluation."
+        ),
     )
     sparse_head: bool = field(
         default=True,

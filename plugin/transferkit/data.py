@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
+import hashlib
 import itertools
 import json
 import logging
@@ -395,6 +396,34 @@ def used_splits(raw: DatasetDict) -> DatasetDict:
     return DatasetDict({name: split for name, split in raw.items() if name in SPLITS})
 
 
+def streamed_splits(splits: dict, text_columns: list[str], data_args: DataArguments, seed: int) -> IterableDatasetDict:
+    """A streamed corpus for training until max_steps, and up to `max_eval_samples` rows (default 1000) held in
+    memory for evaluation: the validation stream's first, else the train stream's held-out rows.
+
+    A row is held out when a hash of its text falls in the first `validation_split_percentage` of 100 buckets: the
+    same rows in every process and however the stream is split (skipping the stream's first rows would be undone
+    where a stream is cut into files). Training reads the rest over and over (`repeat`), each pass shuffled through a
+    buffer. Under N processes the MLM recipe turns off accelerate's dispatching of every batch from rank 0
+    (`accelerator_config: {dispatch_batches: false}`), so each rank reads its own part: whole files when there are
+    at least N, else its share of each global batch. Files hold unequal rows, and a rank whose files ran out first
+    would leave the others waiting in an all-reduce until the DDP timeout: repeated, no rank runs out.
+    """
+    train, validation = splits["train"], splits.get("validation")
+    held = {"columns": text_columns, "percentage": data_args.validation_split_percentage}
+    if validation is None and data_args.validation_split_percentage:
+        validation = train.filter(_held_out, fn_kwargs=held)
+        train = train.filter(lambda row, **kwargs: not _held_out(row, **kwargs), fn_kwargs=held)
+    streamed = {"train": train.shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER).repeat(None)}
+    if validation is not None:
+        streamed["validation"] = Dataset.from_list(list(validation.take(data_args.max_eval_samples or 1000)))
+    return IterableDatasetDict(streamed)
+
+
+def _held_out(row: dict, columns: list[str], percentage: int) -> bool:
+    text = "\x1f".join(str(row[column]) for column in columns).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") % 100 < percentage
+
+
 def load_corpus_splits(
     data_args: DataArguments, model_args: ModelArguments, streaming: bool, seed: int
 ) -> tuple[DatasetDict | IterableDatasetDict, list[str]]:
@@ -409,14 +438,7 @@ def load_corpus_splits(
     text_columns = resolve_text_columns(columns, data_args.text_column_names)
     splits = {name: split for name, split in raw.items() if name in ("train", "validation")}
     if streaming:
-        if "validation" not in splits:
-            held_out = data_args.max_eval_samples or 1000
-            splits = {"train": train.skip(held_out), "validation": train.take(held_out)}
-        # Shuffled through a buffer, reseeded each epoch (Trainer calls set_epoch); under N processes accelerate then
-        # gives each rank its own part (whole files when there are enough, else every N-th batch), since the MLM
-        # recipe turns off dispatching every batch from rank 0 (`accelerator_config: {dispatch_batches: false}`).
-        splits["train"] = splits["train"].shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER)
-        return IterableDatasetDict(splits), text_columns
+        return streamed_splits(splits, text_columns, data_args, seed), text_columns
     splits = DatasetDict(splits)
     splits = drop_empty_texts(splits, text_columns)
     check_not_empty(splits)
