@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ensure_pad_token(tokenizer, model)
     check_tokenizer_fits(tokenizer, model, model_args)
     if lora_args.use_peft:
-        model = apply_lora(model, lora_args, "classification")
+        model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
     disable_eval_without_split(training_args, "validation" in tokenized)
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     metrics = train_and_save(trainer, start, push)
     if lora_args.use_peft:
-        metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
+        metrics.update(
+            save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer, model_args)
+        )
     if "validation" in tokenized:
         metrics.update(evaluate_and_save(trainer))
     if "test" in tokenized:

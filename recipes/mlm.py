@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if sparse_head:
         enable_sparse_mlm_head(model)
     if lora_args.use_peft:
-        model = apply_lora(model, lora_args, mlm_args.objective)
+        model = apply_lora(model, lora_args, mlm_args.objective, revision=model_args.model_revision)
     disable_eval_without_split(training_args, "validation" in tokenized)
     warmup = head_warmup(mlm_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
     log_run_plan(tokenized, training_args)
@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     metrics = train_and_save(trainer, start, push)
     if lora_args.use_peft:
-        metrics.update(save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer))
+        metrics.update(
+            save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer, model_args)
+        )
     if "validation" in tokenized:
         metrics.update(evaluate_and_save(trainer))
     finish_run(

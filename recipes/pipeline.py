@@ -21,7 +21,8 @@ Each stage writes its resolved config as <output_dir>/<stage>.yaml. When the pip
 (run_finished.json, its last step) is not run again and a stage cut short resumes from its last checkpoint. The
 comparison lands in comparison.md and comparison.json.
 Publishing: `push_to_hub: true` with a `hub_model_id` in `adapt` and/or `classify` pushes that stage (the adapted
-encoder, the finetuned classifier); the baseline is never pushed. The token comes from HF_TOKEN, not hub_token.
+encoder, the finetuned classifier; a LoRA adapt stage's adapter, and its merged model to `<hub_model_id>-merged` or
+`hub_merged_model_id`); the baseline is never pushed. The token comes from HF_TOKEN, not hub_token.
 
 Launch:
     python recipes/pipeline.py --config recipes/configs/quickstart/pipeline.yaml --classify.train_file reviews.csv
@@ -32,11 +33,14 @@ recipe's own parser, or --<key> VALUE for pipeline keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -81,38 +85,40 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def check_stages(stages: dict[str, dict]):
-    """Parse each stage's keys with its recipe's defaults, from scratch files, as the stage itself will; returns the
-    first stage's TrainingArguments (for the process layout)."""
-    import tempfile
-
+    """Parse each stage's keys with its recipe's defaults, as the stage itself will (from scratch files: nothing is
+    written to output_dir yet); returns the first stage's TrainingArguments (for the process layout)."""
     from transferkit.train import runtime_defaults
 
-    parsed = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, stage in stages.items():
-            recipe = stage["recipe"]
-            argv = ["--config", write_stage_config(scratch, name, stage)]
-            parsed.append(parse_config(recipe.ARGUMENT_TYPES, argv, defaults={**recipe.DEFAULTS, **runtime_defaults()}))
+    with scratch_stage_files(stages) as files:
+        parsed = [
+            parse_config(stage["recipe"].ARGUMENT_TYPES, ["--config", files[name]],
+                         defaults={**stage["recipe"].DEFAULTS, **runtime_defaults()})
+            for name, stage in stages.items()
+        ]  # fmt: skip
     return parsed[0][-1]
 
 
 def validate_config(path, overrides: list[str]) -> list[str]:
     """`transferkit validate` for a pipeline config: each stage's keys through that stage's recipe checks."""
-    import tempfile
-
     from transferkit.validate import validate_recipe_config
 
-    config = load_pipeline_config(["--config", str(path), *overrides])
+    stages = plan_stages(load_pipeline_config(["--config", str(path), *overrides]))
     notes = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, stage in plan_stages(config).items():
-            stage_file = write_stage_config(scratch, name, stage)
+    with scratch_stage_files(stages) as files:
+        for name, stage in stages.items():
             recipe = stage["recipe"].__name__.rsplit(".", 1)[-1]
             section = "adapt" if name == "adapt" else "classify"  # the config section a launch flag goes to
-            for note in validate_recipe_config(Path(stage_file), recipe, []):
+            for note in validate_recipe_config(Path(files[name]), recipe, []):
                 note = f"{name}: {note.replace('pass --', f'pass --{section}.')}"
                 notes += [note] if note not in notes else []
     return notes
+
+
+@contextlib.contextmanager
+def scratch_stage_files(stages: dict[str, dict]) -> Iterator[dict[str, str]]:
+    """Each stage's config written to a temporary folder, by stage name (removed afterwards)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        yield {name: write_stage_config(scratch, name, stage) for name, stage in stages.items()}
 
 
 def load_pipeline_config(argv: list[str]) -> dict:

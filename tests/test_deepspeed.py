@@ -153,15 +153,17 @@ def test_zero3_lora_saves_an_adapter_that_reloads_and_predicts(tiny_bert, review
     torch.testing.assert_close(reloaded, written, atol=1e-4, rtol=0)
 
 
-def test_zero2_head_warmup_leaves_the_encoder_as_loaded(tiny_bert, reviews_csv, tmp_path):
+@pytest.mark.parametrize(("warmup", "kept"), [("3", True), ("1", False)], ids=["warmup-3-of-3", "warmup-1-of-3"])
+def test_zero2_head_warmup_holds_the_encoder_then_lets_it_learn(warmup, kept, tiny_bert, reviews_csv, tmp_path):
     """DeepSpeed steps inside backward: the encoder is held by its param groups' zero learning rate (weight decay
-    on, which would otherwise shrink it), not by gradients dropped before a step that already happened."""
+    on, which would otherwise shrink it), not by gradients dropped before a step that already happened; after the
+    warm-up its flat partitions' optimizer state restarts and it learns."""
     from tests.test_head_warmup import assert_encoder_kept, encoder_weights
 
     out = tmp_path / "zero2_warmup"
-    warmup = ["--head_warmup_steps", "3", "--weight_decay", "0.1"]
-    run_classify(cpu_zero_config(tmp_path, 2), *classify_args(tiny_bert, reviews_csv, out, 4, *warmup))
-    assert_encoder_kept(encoder_weights(tiny_bert), encoder_weights(str(out)))
+    options = ["--head_warmup_steps", warmup, "--weight_decay", "0.1"]
+    run_classify(cpu_zero_config(tmp_path, 2), *classify_args(tiny_bert, reviews_csv, out, 4, *options))
+    assert_encoder_kept(encoder_weights(tiny_bert), encoder_weights(str(out)), kept)
 
 
 def test_zero2_dry_run_plans_without_a_backward_pass_and_writes_nothing(tiny_bert, reviews_csv, tmp_path):

@@ -53,6 +53,19 @@ def test_lora_llama_encoder_holds_the_adapters_and_the_score_head_is_apart(tmp_p
     assert not any(members[name][0] for name in head) and all(members[name][0] for name in adapters)
 
 
+def test_new_body_weights_and_loras_head_copies_learn_during_the_warmup(tiny_bert, tmp_path):
+    # The tiny MLM checkpoint has no pooler: the classifier's pooler is new, as after TransferKit's own MLM stage.
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model.transferkit_missing_keys = ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight"]
+    members = group_members(model, build_optimizer(model, tmp_path))
+    assert not members["bert.pooler.dense.weight"][0] and members["bert.encoder.layer.0.output.dense.weight"][0]
+    lora = apply_lora(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
+                      LoraArguments(use_peft=True, lora_r=2), "classification")  # fmt: skip
+    members = group_members(lora, build_optimizer(lora, tmp_path))
+    pooler = [name for name in members if ".pooler.modules_to_save." in name]
+    assert pooler and not any(members[name][0] for name in pooler)  # trained in full as part of the head
+
+
 def state_at(global_step: int, max_steps: int = 10) -> TrainerState:
     state = TrainerState()
     state.global_step, state.max_steps = global_step, max_steps
@@ -70,6 +83,18 @@ def test_encoder_rate_is_0_before_each_warmup_step_and_left_to_the_scheduler_aft
         callback.on_step_begin(None, state_at(step), TrainerControl(), optimizer=optimizer)
         rates = {group[ENCODER_GROUP]: group["lr"] for group in optimizer.param_groups}
         assert rates == {True: encoder_rate, False: 0.01}, step
+
+
+def test_after_the_warmup_the_encoder_takes_the_heads_rate_whatever_the_scheduler(tiny_bert, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    optimizer = build_optimizer(model, tmp_path, learning_rate=0.01)
+    callback = head_warmup(3, model)
+    callback.on_step_begin(None, state_at(2), TrainerControl(), optimizer=optimizer)
+    for group in optimizer.param_groups:
+        if not group[ENCODER_GROUP]:
+            group["lr"] = 0.005  # a plateau scheduler cut the rate; it does not set every group at every step
+    callback.on_step_begin(None, state_at(3), TrainerControl(), optimizer=optimizer)
+    assert {group["lr"] for group in optimizer.param_groups} == {0.005}
 
 
 def test_zero_steps_adds_nothing_and_a_model_without_encoder_is_refused(tiny_bert):

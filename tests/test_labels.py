@@ -229,3 +229,9 @@ def test_a_split_mixing_labels_and_minus_one_is_refused(hub_dataset, tiny_bert, 
     with pytest.raises(TransferKitError, match=r"test split.*5 of its 20 rows.*-1"):
         run_on_hub_dataset(tiny_bert, tmp_path / "run", monkeypatch)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_split_without_labels_is_refused_with_the_reason(hub_dataset, tiny_bert, tmp_path, monkeypatch):
+    hub_dataset["validation"] = hub_dataset["test"]  # every label -1
+    with pytest.raises(TransferKitError, match="validation split has no labels .*-1.* every row"):
+        run_on_hub_dataset(tiny_bert, tmp_path / "run", monkeypatch)

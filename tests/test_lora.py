@@ -236,11 +236,21 @@ def test_qlora_on_cpu_is_an_error(monkeypatch):
         lora_args(load_in_4bit=True)
 
 
-def test_a_quantized_model_merges_into_its_full_precision_base(tiny_bert, tokenizer, tmp_path):
-    model = apply_lora(load_classifier(tiny_bert), lora_args(), "classification")
+def test_the_merge_reads_the_saved_adapter_so_a_quantized_live_model_merges_too(tiny_bert, tokenizer, tmp_path):
+    """The merge loads the base in full precision and applies the saved adapter: what the live model holds by then
+    (4-bit weights under QLoRA; here, weights changed after the save) does not enter the merged model."""
+    model = apply_lora(load_classifier(tiny_bert), lora_args(), "classification", revision="v1.0")
+    trainer = make_trainer(model, tokenizer, str(tmp_path), reviews(tokenizer), DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    trainer.save_model()
     expected = logits(model, batch(tokenizer))
-    model.get_base_model().hf_quantizer = object()  # what from_pretrained(quantization_config=...) sets
-    save_lora_outputs(model, str(tmp_path), merge=True)  # merged from the saved adapter, never from the 4-bit weights
+    with torch.no_grad():
+        model.get_base_model().classifier.modules_to_save["default"].weight.zero_()  # the live model, after the save
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["revision"] == "v1.0"  # the base's model_revision: what a reload or merge loads
+    # The tiny base is a local folder, which has no revisions: the merge below loads it as it is.
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**saved, "revision": None}))
+    save_lora_outputs(trainer, str(tmp_path), merge=True, tokenizer=tokenizer)
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
     torch.testing.assert_close(logits(merged, batch(tokenizer)), expected, atol=1e-5, rtol=0)
 

@@ -74,3 +74,23 @@ def test_overwrite_and_an_explicit_checkpoint_exclude_each_other(tiny_bert, revi
     with pytest.raises(TransferKitError, match="resume_from_checkpoint .* and overwrite_output_dir exclude each other"):
         main(run_args(tiny_bert, reviews_csv, tmp_path / "o", "--resume_from_checkpoint", str(tmp_path),
                       "--overwrite_output_dir", "true"))  # fmt: skip
+
+
+def test_only_incomplete_checkpoints_are_named_in_the_refusal(tiny_bert, reviews_csv, tmp_path):
+    (tmp_path / "run" / "checkpoint-8").mkdir(parents=True)  # a save a kill cut short: no trainer_state.json
+    with pytest.raises(TransferKitError, match=r"did not finish \(checkpoint-8 \(incomplete\); no run_finished"):
+        main(run_args(tiny_bert, reviews_csv, tmp_path / "run", "--resume_from_checkpoint", "auto"))
+
+
+def test_a_plateau_scheduler_is_not_fast_forwarded(tmp_path):
+    import torch
+    from transformers.trainer_callback import TrainerState
+
+    from transferkit.resume import ScheduleFastForward
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    state = TrainerState()
+    state.global_step = 8
+    ScheduleFastForward().on_train_begin(None, state, None, lr_scheduler=plateau)  # would raise: step() needs metrics
+    assert optimizer.param_groups[0]["lr"] == 0.1

@@ -16,7 +16,8 @@ When the warm-up ends, the encoder's optimizer state is cleared, so it starts as
 model's gradient throughout, as it does after the warm-up.
 
 The encoder is the bare model's `base_model_prefix` module (`bert`, `model`, ...): with it the tied input
-embeddings (an MLM decoder's weight among them) and, under LoRA, the adapters.
+embeddings (an MLM decoder's weight among them) and, under LoRA, the adapters; not the weights inside it that are
+new (a pooler an MLM checkpoint lacks) or that LoRA trains in full as part of the head (`modules_to_save`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(bare, prefix)
 
 
+def held_parameters(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters the warm-up holds still: the encoder's, except those the checkpoint did not have (a new
+    pooler under an MLM checkpoint) and LoRA's trained copies of head modules (`modules_to_save`) inside it."""
+    bare = model.get_base_model() if hasattr(model, "get_base_model") else model
+    new = set(getattr(bare, "transferkit_missing_keys", ()))
+    encoder = encoder_of(model).named_parameters(prefix=bare.base_model_prefix)
+    return {id(p) for name, p in encoder if name not in new and ".modules_to_save." not in f".{name}."}
+
+
 class EncoderHeadGroups:
     """A Trainer optimizer factory: Trainer's optimizer, with its decay / no-decay groups each split in a head part
     and an encoder part (marked ENCODER_GROUP). Called by Trainer with the model as it will be trained (after an
@@ -53,22 +63,19 @@ class EncoderHeadGroups:
     def __init__(self, optimizer_cls: type[torch.optim.Optimizer]) -> None:
         self.optimizer_cls = optimizer_cls
 
-    def __repr__(self) -> str:  # Trainer looks for "bitsandbytes" in it (8-bit optimizers' embedding override)
-        return f"EncoderHeadGroups({self.optimizer_cls!r})"
-
     def __call__(self, model: torch.nn.Module, weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
-        decay = set(Trainer.get_decay_parameter_names(None, model))  # Trainer's own rule: no decay on biases, norms
-        encoder = {id(parameter) for parameter in encoder_of(model).parameters()}
+        if any(getattr(parameter, "_is_flat_param", False) for parameter in model.parameters()):
+            raise TransferKitError(
+                "head_warmup_steps needs the encoder's own parameters, and FSDP with use_orig_params: false flattens "
+                "them together with the head's. Set fsdp_use_orig_params: true, or head_warmup_steps: 0."
+            )
+        # Trainer's own rule (no decay on biases and norms); its method reads nothing from the Trainer instance.
+        decay = set(Trainer.get_decay_parameter_names(None, model))
+        held = held_parameters(model)
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
-                groups.setdefault((id(parameter) in encoder, name in decay), []).append(parameter)
-        if not any(is_encoder for is_encoder, _ in groups):
-            raise TransferKitError(
-                "head_warmup_steps: none of the optimizer's parameters belongs to the encoder (FSDP with "
-                "use_orig_params: false flattens them together). Set fsdp_use_orig_params: true, or "
-                "head_warmup_steps: 0."
-            )
+                groups.setdefault((id(parameter) in held, name in decay), []).append(parameter)
         param_groups = [
             {"params": params, "weight_decay": weight_decay if decays else 0.0, ENCODER_GROUP: is_encoder}
             for (is_encoder, decays), params in sorted(groups.items())  # head groups first: Trainer logs group 0's lr
@@ -111,12 +118,16 @@ class HeadWarmupCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is None or state.global_step > self.steps:
             return
+        head_rate = next(group["lr"] for group in optimizer.param_groups if not group.get(ENCODER_GROUP))
         for group in (group for group in optimizer.param_groups if group.get(ENCODER_GROUP)):
             if state.global_step < self.steps:
                 group["lr"] = 0.0
-            else:  # DeepSpeed's groups hold flat partitions: their state is cleared the same way
-                for parameter in group["params"]:
-                    optimizer.state.pop(parameter, None)
+                continue
+            # The warm-up is over: the head's rate (a plateau scheduler would not set it again by itself), and no
+            # optimizer state (DeepSpeed's groups hold flat partitions, whose state clears the same way).
+            group["lr"] = head_rate
+            for parameter in group["params"]:
+                optimizer.state.pop(parameter, None)
 
 
 def head_warmup(steps: int, model: torch.nn.Module) -> HeadWarmupCallback | None:

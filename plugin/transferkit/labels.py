@@ -84,6 +84,12 @@ def drop_missing_class_labels(splits: DatasetDict, column: str) -> DatasetDict:
     for name, split in splits.items():
         if column in split.column_names and isinstance(split.features[column], ClassLabel):
             missing = sum(1 for value in split[column][:] if value == -1)
+            if missing == len(split) and name == "validation":
+                raise TransferKitError(
+                    f"The validation split has no labels ('{column}' is -1, datasets' 'no label', in every row): it "
+                    "cannot score the model. Carve one from train (validation_split_percentage) or give "
+                    "validation_file."
+                )
             if missing == len(split) and name != "train":
                 logger.info("The %s split has no labels (every row is -1): it is predicted, not scored.", name)
                 split = split.remove_columns(column)

@@ -174,8 +174,9 @@ def build_lora_config(model: PreTrainedModel, args: LoraArguments, task: str) ->
     )
 
 
-def apply_lora(model: PreTrainedModel, args: LoraArguments, task: str) -> PeftModel:
-    """Wrap `model` with LoRA for `task` ("classification", "mlm" or "clm"), its head trained in full; logs counts."""
+def apply_lora(model: PreTrainedModel, args: LoraArguments, task: str, revision: str | None = None) -> PeftModel:
+    """Wrap `model` with LoRA for `task` ("classification", "mlm" or "clm"), its head trained in full; logs counts.
+    `revision`, the base model's (model_revision), goes into adapter_config.json: a reload or merge loads that one."""
     config = build_lora_config(model, args, task)
     to_save = list(config.modules_to_save)  # peft's SEQ_CLS appends its guesses ('classifier', 'score') in place
     inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
@@ -186,7 +187,7 @@ def apply_lora(model: PreTrainedModel, args: LoraArguments, task: str) -> PeftMo
 
         model = prepare_model_for_kbit_training(model)
     try:
-        peft_model = get_peft_model(model, config)
+        peft_model = get_peft_model(model, config, revision=revision)
     except ValueError as err:
         if "target" not in str(err).lower():
             raise
@@ -252,17 +253,17 @@ def check_adapter_base(adapter_path: str, model_name_or_path: str) -> None:
 
 
 def save_lora_outputs(
-    trainer_or_model: Trainer | PeftModel, output_dir: str, merge: bool, tokenizer=None
+    trainer_or_model: Trainer | PeftModel, output_dir: str, merge: bool, tokenizer=None, model_args=None
 ) -> dict[str, float]:
     """What a LoRA run keeps next to its adapter: the classifier's labels (an adapter folder has no config.json),
     the parameter counts and, with `merge`, a full model in output_dir/merged.
 
-    With a Trainer the adapter (its head inside, through modules_to_save) is the one `trainer.save_model()` already
-    wrote (`train_and_save`): it is not written twice. A bare PeftModel is saved here. The merge never copies the
+    With a Trainer, output_dir is the folder `trainer.save_model()` already wrote (`train_and_save`): the adapter and
+    tokenizer are not written twice. A bare PeftModel is saved here, with `tokenizer`. The merge never copies the
     live model: the saved adapter is merged into a base model freshly loaded in full precision on the CPU
-    (`merge_saved_adapter`), so the end of a GPU run needs no second copy of the weights beside the optimizer
-    state, and a QLoRA adapter merges into the unquantized base. Returns the counts; with a Trainer they also go
-    to lora_results.json and all_results.json."""
+    (`merge_saved_adapter`, with `model_args`' cache_dir and trust_remote_code), so the end of a GPU run needs no
+    second copy of the weights beside the optimizer state, and a QLoRA adapter merges into the unquantized base.
+    Returns the counts; with a Trainer they also go to lora_results.json and all_results.json."""
     trainer = trainer_or_model if isinstance(trainer_or_model, Trainer) else None
     model = trainer.accelerator.unwrap_model(trainer.model) if trainer else trainer_or_model
     counts = parameter_counts(model)
@@ -272,14 +273,17 @@ def save_lora_outputs(
             return counts
     else:
         model.save_pretrained(output_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(output_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(output_dir)
     if model.peft_config[model.active_adapter].task_type == TaskType.SEQ_CLS:
         with open(os.path.join(output_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
             json.dump({key: getattr(model.config, key) for key in LABEL_FIELDS}, handle, indent=2)
     if merge:
         merged_dir = os.path.join(output_dir, "merged")
-        merge_saved_adapter(output_dir, merged_dir)
+        base = (
+            {"cache_dir": model_args.cache_dir, "trust_remote_code": model_args.trust_remote_code} if model_args else {}
+        )
+        merge_saved_adapter(output_dir, merged_dir, **base)
         if tokenizer is not None:
             tokenizer.save_pretrained(merged_dir)
         logger.info("Merged model saved in %s.", merged_dir)
@@ -310,9 +314,10 @@ def load_lora_model(adapter_dir: str, **kwargs) -> PeftModel:
     return AutoPeftModel.from_pretrained(adapter_dir, **kwargs)
 
 
-def merge_saved_adapter(adapter_dir: str, output_dir: str) -> PreTrainedModel:
-    """Merge a saved adapter into a freshly loaded full-precision base model, on the CPU, and save the result."""
-    adapter = load_lora_model(adapter_dir)  # from_pretrained loads onto the CPU
+def merge_saved_adapter(adapter_dir: str, output_dir: str, **load_kwargs) -> PreTrainedModel:
+    """Merge a saved adapter into a freshly loaded full-precision base model (the revision its adapter_config.json
+    names), on the CPU, and save the result; `load_kwargs` go to the base's from_pretrained (cache_dir, ...)."""
+    adapter = load_lora_model(adapter_dir, **load_kwargs)  # from_pretrained loads onto the CPU
     base = adapter.peft_config[adapter.active_adapter].base_model_name_or_path
     merged = adapter.merge_and_unload()
     _retie_trained_embeddings(merged)

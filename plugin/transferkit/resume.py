@@ -22,6 +22,7 @@ returns: `last_valid_checkpoint` checks the files instead.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -110,7 +111,10 @@ def resolve_start(args: TrainingArguments, overwrite_output_dir: bool) -> StartP
         what = f"a checkpoint ({os.path.basename(last)})"
         options = "Set resume_from_checkpoint: auto to continue it, overwrite_output_dir: true to start afresh"
     elif _holds_a_run(output_dir):
-        found = sorted(RUN_FILES & set(os.listdir(output_dir)))
+        names = set(os.listdir(output_dir))
+        found = sorted(RUN_FILES & names) + sorted(
+            f"{name} (incomplete)" for name in names if CHECKPOINT_RE.match(name)
+        )
         what = f"a run that did not finish ({', '.join(found)}; no {FINISHED_MARKER}) and no checkpoint to resume"
         options = "Set overwrite_output_dir: true to train afresh"
     else:
@@ -160,8 +164,12 @@ class ScheduleFastForward(TrainerCallback):
     schedule (warm-up included) again at step 0: step it to the resumed global step instead."""
 
     def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
-        if lr_scheduler is None or not state.global_step:
-            return
+        if (
+            lr_scheduler is None
+            or not state.global_step
+            or "metrics" in inspect.signature(lr_scheduler.step).parameters
+        ):
+            return  # a plateau scheduler follows the metrics, not the step count
         with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(state.global_step):
