@@ -53,7 +53,7 @@ def load_classifier(path: str):
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
     )
-    model.accepts_loss_kwargs = False  # the loss-scaling trap (facts.md)
+    model.accepts_loss_kwargs = False  # BERT's loss ignores num_items_in_batch (models.mark_loss_as_per_batch_mean)
     return model
 
 

@@ -116,8 +116,9 @@ def log_run_plan(splits: dict, args: TrainingArguments) -> None:
 def runtime_defaults() -> dict[str, object]:
     """TrainingArguments defaults that depend on the machine, applied before the user's config.
 
-    Without a GPU, pinned memory only warns; and under a multi-process launch (WORLD_SIZE > 1) each process would
-    train on its own, unsynchronised, unless Accelerate is told to use the CPU (facts: MULTI_GPU + use_cpu).
+    Without a GPU, pinned memory only warns. Under a multi-process launch without GPUs (torchrun, or accelerate's
+    MULTI_GPU config, on CPUs: WORLD_SIZE > 1) each process would train on its own, unsynchronised, unless
+    TrainingArguments says use_cpu: with it, Accelerate joins the processes in one gloo process group (DDP).
     """
     import torch
 

@@ -168,7 +168,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         train_sampling_strategy="random" if variant == "pad128" else "group_by_length",
         torch_compile=variant.endswith("compile"),
         bf16=variant.endswith("bf16"),
-        use_cpu=variant.endswith("bf16") and not torch.cuda.is_available(),  # CPU autocast needs use_cpu (facts.md)
+        use_cpu=variant.endswith("bf16") and not torch.cuda.is_available(),  # bf16 autocast on a CPU needs use_cpu
     )
     splits, text_columns, spec = load_classification_splits(data_args, model_args, None, args.seed)
     tokenizer = load_tokenizer(model_args)
