@@ -5,9 +5,9 @@ Supports:
   detected from the labels or set with `problem_type`; one text column or a text pair;
 - data from the Hub (`dataset_name`) or local csv / tsv / json / jsonl / parquet files, folders or globs; a
   validation (and test) split carved from train when missing, stratified by label;
-- dynamic padding with length-grouped batches, class weights (`class_weights: auto`), early stopping with
-  best-model selection, the new head trained alone for `head_warmup_steps` before the whole model, offline
-  metrics (accuracy, F1, precision, recall, MCC / multi-label F1 / MSE, Pearson, Spearman);
+- dynamic padding with length-grouped batches and length-sorted evaluation, class weights (`class_weights: auto`),
+  early stopping with best-model selection, the new head trained alone for `head_warmup_steps` before the whole
+  model, offline metrics (accuracy, F1, precision, recall, MCC / multi-label F1 / MSE, Pearson, Spearman);
 - outputs in `output_dir`: model + tokenizer (safetensors), all_results.json, test predictions CSV, confusion
   matrix and training-curve PNGs, a model card.
 
@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import logging
 
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
 from transferkit.arguments import ClassificationArguments, DataArguments, ModelArguments, RunArguments
-from transferkit.batching import length_bucketed
 from transferkit.config import parse_config
 from transferkit.data import load_classification_splits
 from transferkit.distributed import check_requested_backend
@@ -51,9 +50,8 @@ from transferkit.publish import finish_run
 from transferkit.reliability import plan_run, print_plan
 from transferkit.reports import predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
-from transferkit.throughput import enable_throughput
+from transferkit.throughput import ThroughputCallback
 from transferkit.train import (
-    ClassWeightedTrainer,
     disable_eval_without_split,
     early_stopping_callbacks,
     evaluate_and_save,
@@ -62,11 +60,13 @@ from transferkit.train import (
     start_run,
     train_and_save,
 )
+from transferkit.trainers import ClassificationTrainer
 
 logger = logging.getLogger("transferkit.recipes.classify")
 
 # Where these differ from TrainingArguments' own defaults, it is so that a plain run evaluates, keeps few
-# checkpoints and batches texts of similar length together (much less padding than random batches).
+# checkpoints, batches texts of similar length together (much less padding than random batches) and counts the
+# tokens it trains on (for the throughput in the logs).
 DEFAULTS = {
     "output_dir": "outputs/classify",
     "eval_strategy": "epoch",
@@ -75,6 +75,7 @@ DEFAULTS = {
     "logging_steps": 25,
     "ddp_find_unused_parameters": False,
     "train_sampling_strategy": "group_by_length",
+    "include_num_input_tokens_seen": "non_padding",
 }
 ARGUMENT_TYPES = (
     ModelArguments,
@@ -108,13 +109,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
     disable_eval_without_split(training_args, "validation" in tokenized)
     warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
-    callbacks = early_stopping_callbacks(training_args, cls_args, spec.problem_type) + [warmup] * bool(warmup)
+    callbacks = early_stopping_callbacks(training_args, cls_args, spec.problem_type)
+    callbacks += [callback for callback in (warmup, ThroughputCallback()) if callback]  # tokens/s, MFU in the logs
     log_run_plan(tokenized, training_args)
 
-    trainer_kwargs = {}
-    if cls_args.class_weights:
-        trainer_kwargs["class_weights"] = class_weights(spec, tokenized["train"]["label"], cls_args.class_weights)
-    trainer = length_bucketed(ClassWeightedTrainer if trainer_kwargs else Trainer)(
+    weights = cls_args.class_weights and class_weights(spec, tokenized["train"]["label"], cls_args.class_weights)
+    trainer = ClassificationTrainer(  # Trainer + class weights + length-sorted evaluation (transferkit.trainers)
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
@@ -124,10 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=build_compute_metrics(spec.problem_type, load_metric(spec.problem_type, cls_args.metric_name)),
         callbacks=callbacks,
         optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
-        **trainer_kwargs,
+        class_weights=weights or None,
     )
     check_requested_backend(trainer, recipe="classify")
-    enable_throughput(trainer)
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}

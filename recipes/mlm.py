@@ -55,9 +55,8 @@ from transferkit.publish import finish_run
 from transferkit.reliability import plan_run, print_plan
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
-from transferkit.throughput import enable_throughput
+from transferkit.throughput import ThroughputCallback
 from transferkit.train import (
-    MLMTrainer,
     disable_eval_without_split,
     evaluate_and_save,
     log_run_plan,
@@ -65,6 +64,7 @@ from transferkit.train import (
     start_run,
     train_and_save,
 )
+from transferkit.trainers import MLMTrainer
 
 logger = logging.getLogger("transferkit.recipes.mlm")
 CARD_TASKS = {"mlm": "fill-mask", "clm": "text-generation"}
@@ -81,6 +81,7 @@ DEFAULTS = {
     "ddp_find_unused_parameters": False,
     "remove_unused_columns": False,
     "accelerator_config": {"dispatch_batches": False},
+    "include_num_input_tokens_seen": "non_padding",
 }
 ARGUMENT_TYPES = (
     ModelArguments,
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = apply_lora(model, lora_args, mlm_args.objective, revision=model_args.model_revision)
     disable_eval_without_split(training_args, "validation" in tokenized)
     warmup = head_warmup(mlm_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
+    throughput = ThroughputCallback(output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)
     log_run_plan(tokenized, training_args)
 
     trainer = MLMTrainer(
@@ -130,11 +132,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=lm_collator(tokenizer, mlm_args),
         compute_metrics=next_token_accuracy if clm else masked_token_accuracy,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        callbacks=[warmup] * bool(warmup),
+        callbacks=[callback for callback in (warmup, throughput) if callback],
         optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
     )
     check_requested_backend(trainer, recipe="mlm")
-    enable_throughput(trainer, output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}

@@ -113,3 +113,13 @@ def test_dataclass_checks_fail_early():
         parse_config(TYPES, ["--model_name_or_path", "m"])
     with pytest.raises(TransferKitError, match="class_weights takes 'auto'"):
         parse_config(TYPES, ["--model_name_or_path", "m", "--train_file", "t", "--class_weights", "x", "y"])
+
+
+def test_a_str_or_bool_training_option_takes_its_words_too(tmp_path):
+    """TrainingArguments' include_num_input_tokens_seen is `str | bool` (all, non_padding, no, or a boolean), which
+    HfArgumentParser alone reads as a boolean only."""
+    base = ["--model_name_or_path", "m", "--train_file", "t.csv"]
+    *_, training = parse_config(TYPES, [*base, "--include_num_input_tokens_seen", "non_padding"])
+    assert training.include_num_input_tokens_seen == "non_padding"
+    *_, training = parse_config(TYPES, ["--config", write(tmp_path, "include_num_input_tokens_seen: true\n"), *base])
+    assert training.include_num_input_tokens_seen == "all"

@@ -13,14 +13,14 @@ from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from recipes import mlm
 from tests.tiny import launch_two_processes, save_tiny_decoder
-from transferkit.train import ClassWeightedTrainer
+from transferkit.trainers import ClassificationTrainer
 
 
 def test_class_weighted_loss_keeps_label_smoothing(tiny_bert, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     torch.nn.init.normal_(model.classifier.weight, std=20.0)  # confident logits: smoothing changes the loss
     args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.2, use_cpu=True, report_to="none")
-    trainer = ClassWeightedTrainer(model=model, args=args, class_weights=[1.0, 3.0])
+    trainer = ClassificationTrainer(model=model, args=args, class_weights=[1.0, 3.0])
     inputs = {"input_ids": torch.tensor([[2, 5, 6, 3], [2, 15, 16, 3]]), "labels": torch.tensor([1, 1])}
     loss = trainer.compute_loss(model, dict(inputs))
     logits = model(input_ids=inputs["input_ids"]).logits

@@ -29,7 +29,21 @@ def build_parser(dataclass_types: Sequence[type], description: str | None = None
         list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help=CONFIG_HELP)
+    # HfArgumentParser reads a `str | bool` field as a boolean only, so `include_num_input_tokens_seen: non_padding`,
+    # one of its documented values, would be refused. Such a field shows as a boolean option with a word as default:
+    # it takes words as well.
+    for action in parser._actions:
+        if action.type is string_to_bool and isinstance(action.default, str):
+            action.type = string_or_bool
     return parser
+
+
+def string_or_bool(value: str) -> str | bool:
+    """true / false (and yes, no, 1, 0, ...) as a boolean, any other word as itself."""
+    try:
+        return string_to_bool(value)
+    except argparse.ArgumentTypeError:
+        return value
 
 
 def parse_config(

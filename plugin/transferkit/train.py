@@ -1,17 +1,17 @@
-"""Trainer glue: where the classification loss is computed, how a run is trained and saved.
+"""A run's steps around the Trainer: the checks before anything loads (`start_run`), training and saving
+(`train_and_save`), evaluation, and the settings and callbacks that depend on the data (no validation split,
+early stopping).
 
-The recipes build a `Trainer` (or `ClassWeightedTrainer`) with the pieces from the other modules and call
-`train_and_save`; everything Trainer already does well (the loop, Accelerate, checkpoints, logging) stays its own.
+The Trainer classes themselves are in trainers.py; everything Trainer already does well (the loop, Accelerate,
+checkpoints, logging) stays its own.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
@@ -23,27 +23,6 @@ from transferkit.reliability import check_output_dir_writable, exit_if_preempted
 from transferkit.resume import ScheduleFastForward, StartPoint, clear_earlier_run, resolve_start
 
 logger = logging.getLogger(__name__)
-
-
-class ClassWeightedTrainer(Trainer):
-    """Single-label classification with a per-class weight in the cross-entropy, for imbalanced data; label
-    smoothing (`label_smoothing_factor`) applies as in Trainer's own loss."""
-
-    def __init__(self, *args, class_weights: list[float], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.class_weights = torch.tensor(class_weights, dtype=torch.float32)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs.logits
-        loss = F.cross_entropy(
-            logits.view(-1, logits.shape[-1]),
-            labels.view(-1),
-            weight=self.class_weights.to(logits.device, logits.dtype),
-            label_smoothing=self.args.label_smoothing_factor,
-        )
-        return (loss, outputs) if return_outputs else loss
 
 
 def train_and_save(trainer: Trainer, start: StartPoint, push: PushTarget | None = None) -> dict[str, float]:
@@ -120,22 +99,11 @@ def runtime_defaults() -> dict[str, object]:
     MULTI_GPU config, on CPUs: WORLD_SIZE > 1) each process would train on its own, unsynchronised, unless
     TrainingArguments says use_cpu: with it, Accelerate joins the processes in one gloo process group (DDP).
     """
-    import torch
 
     defaults: dict[str, object] = {"dataloader_pin_memory": torch.cuda.is_available()}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         defaults["use_cpu"] = True
     return defaults
-
-
-class MLMTrainer(Trainer):
-    """Trainer that reports perplexity (exp of the eval loss) with every evaluation, so curves and cards have it."""
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        for prefix in ("eval_", "test_"):
-            if f"{prefix}loss" in logs:
-                logs[f"{prefix}perplexity"] = math.exp(min(logs[f"{prefix}loss"], 50.0))
-        super().log(logs, *args, **kwargs)
 
 
 def early_stopping_callbacks(args: TrainingArguments, cls_args, problem_type: str) -> list[TrainerCallback]:

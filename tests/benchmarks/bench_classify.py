@@ -11,26 +11,30 @@ training split):
 
 * ``pad128``: every batch padded to 128 tokens, random batches (transformers' run_classification.py as shipped);
 * ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``;
-* ``bucketed``: ``DataCollatorWithPadding`` + TransferKit's :class:`~transferkit.batching.LengthBucketedTrainer`
-  (pools of ``--pool-batches`` batches; ``bucketed_epoch``, not run by default, sorts the whole epoch);
-* ``bucketed_compile``: ``bucketed`` with ``torch_compile: true`` (inductor; shapes become dynamic at the first
+* ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``, through
+  TransferKit's :class:`~transferkit.trainers.ClassificationTrainer` (length-sorted evaluation): the classify recipe's
+  set-up;
+* ``group_by_length_compile``: the same with ``torch_compile: true`` (inductor; shapes become dynamic at the first
   recompile, so a few compiles in all, then one graph for every batch length);
-* ``bucketed_bf16`` (not run by default): ``bucketed`` under bf16 autocast (``bf16: true``; on a CPU with
+* ``group_by_length_bf16`` (not run by default): the same under bf16 autocast (``bf16: true``; on a CPU with
   ``use_cpu: true``, which CPU autocast needs); a CPU speed-up needs AMX / AVX-512 bf16 (``lscpu`` flags);
-* ``bucketed_loop`` (not run by default): ``bucketed``'s DataLoader, optimizer and schedule driven by a bare
-  PyTorch loop instead of ``Trainer.train``, each phase timed (batch, forward, backward, clip, optimizer,
-  zero_grad). Its gap to ``bucketed`` is Trainer's per-step overhead (callbacks, logging, host syncs); its phases
-  show how much of a step is fixed cost (gradient clipping and AdamW over all 22.7M parameters, half of them the
-  word embeddings) rather than compute that grows with the tokens.
+* ``loop`` (not run by default): ``group_by_length``'s DataLoader, optimizer and schedule driven by a bare PyTorch
+  loop instead of ``Trainer.train``, each phase timed (batch, forward, backward, clip, optimizer, zero_grad). Its
+  gap to ``group_by_length`` is Trainer's per-step overhead (callbacks, logging, host syncs); its phases show how
+  much of a step is fixed cost (gradient clipping and AdamW over all 22.7M parameters, half of them the word
+  embeddings) rather than compute that grows with the tokens.
+
+(TransferKit's own length-bucketed training sampler, measured here before: 1.06x over Trainer's group_by_length at
+the same batch size, 2.5% -> 1.2% padding; not worth its 250 lines, so the recipe now uses Trainer's.)
 
 Each run is its own process (so peak RSS is that run's) and trains ``--epochs-fraction`` of an epoch (the
 learning-rate schedule is still the full epoch's; training stops early). Runs are repeated ``--repeats`` times,
 the variant order rotated every repeat (a b c, b c a, c a b, ...) so that background load drifts hit every
-variant alike; the report gives the median over repeats. Measured per run, with
-:func:`~transferkit.throughput.enable_throughput`: training time (evaluation excluded) and its extrapolation to
+variant alike; the report gives the median over repeats. Measured per run, with Trainer's non-padding token count
+and :class:`~transferkit.throughput.ThroughputCallback`: training time (evaluation excluded) and its extrapolation to
 one epoch, both as run and at the steady per-step time after ``--warmup-steps`` (where compilation and allocator
 warm-up go; the warm-up's extra seconds are reported on their own), the process's CPU time for training,
-non-padding tokens/s, samples/s, padding share; the positions (padding included) of a whole epoch's batches as
+non-padding tokens/s, samples/s; the positions (padding included) and padding share of a whole epoch's batches as
 the sampler builds them, a noise-free proxy for an epoch's
 compute; then the validation split's evaluation time, padding share and accuracy (meaningful with
 ``--epochs-fraction 1``); peak resident memory (and peak CUDA memory on a GPU). Reports: ``bench_classify.json``
@@ -59,16 +63,8 @@ try:
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
 
-VARIANTS = (
-    "pad128",
-    "group_by_length",
-    "bucketed",
-    "bucketed_epoch",
-    "bucketed_compile",
-    "bucketed_bf16",
-    "bucketed_loop",
-)
-DEFAULT_VARIANTS = "pad128,group_by_length,bucketed,bucketed_compile"
+VARIANTS = ("pad128", "group_by_length", "group_by_length_compile", "group_by_length_bf16", "loop")
+DEFAULT_VARIANTS = "pad128,group_by_length,group_by_length_compile"
 BATCH_SIZE, EVAL_BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE = 32, 64, 128, 5e-5
 
 
@@ -88,7 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs-fraction", type=float, default=1.0, help="share of one epoch to train (0-1]")
     parser.add_argument("--repeats", type=int, default=1, help="runs per variant, order rotated each repeat")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {', '.join(VARIANTS)}")
-    parser.add_argument("--pool-batches", type=int, default=100, help="bucketed: pool size in batches")
     parser.add_argument("--max-train-samples", type=int, default=None, help="train on a subset (same for all)")
     parser.add_argument("--model", default=None, help="model folder (default: the quickstart model)")
     parser.add_argument("--data", default=None, help="reviews CSV (default: written by quickstart.prepare_reviews)")
@@ -116,11 +111,11 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from transferkit.arguments import DataArguments, ModelArguments
-    from transferkit.batching import LengthBucketedTrainer
     from transferkit.data import load_classification_splits
     from transferkit.models import load_classifier, load_tokenizer
     from transferkit.preprocess import tokenize_for_classification
-    from transferkit.throughput import enable_throughput
+    from transferkit.throughput import ThroughputCallback
+    from transferkit.trainers import ClassificationTrainer
 
     class StopAfter(TrainerCallback):
         """Stop after `steps` optimizer steps, keeping the full epoch's learning-rate schedule; time every step."""
@@ -169,6 +164,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         torch_compile=variant.endswith("compile"),
         bf16=variant.endswith("bf16"),
         use_cpu=variant.endswith("bf16") and not torch.cuda.is_available(),  # bf16 autocast on a CPU needs use_cpu
+        include_num_input_tokens_seen="non_padding",
     )
     splits, text_columns, spec = load_classification_splits(data_args, model_args, None, args.seed)
     tokenizer = load_tokenizer(model_args)
@@ -179,12 +175,10 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         collator = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=MAX_SEQ_LENGTH)
     else:
         collator = DataCollatorWithPadding(tokenizer)
-    kwargs = {}
-    if variant.startswith("bucketed"):
-        kwargs["bucket_pool_batches"] = None if variant == "bucketed_epoch" else args.pool_batches
     steps_per_epoch = math.ceil(len(tokenized["train"]) / BATCH_SIZE)
     steps = max(1, math.ceil(args.epochs_fraction * steps_per_epoch))
-    trainer = (LengthBucketedTrainer if variant.startswith("bucketed") else Trainer)(
+    throughput = ThroughputCallback()
+    trainer = (Trainer if variant == "pad128" else ClassificationTrainer)(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
@@ -192,21 +186,19 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=accuracy,
-        callbacks=[stopper := StopAfter(steps)],
-        **kwargs,
+        callbacks=[stopper := StopAfter(steps), throughput],
     )
-    throughput = None if variant == "bucketed_loop" else enable_throughput(trainer)
     load = os.getloadavg()[0]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    if throughput is None:
-        train_loss, step_seconds, phases, (samples, tokens, positions) = bare_loop(trainer, steps, steps_per_epoch)
+    if variant == "loop":
+        train_loss, step_seconds, phases, (samples, tokens) = bare_loop(trainer, steps, steps_per_epoch)
         global_step, seconds = steps, sum(step_seconds)
     else:
         result = trainer.train()
         global_step, train_loss = result.global_step, result.training_loss
         step_seconds, phases = stopper.step_seconds, {}
-        _, samples, tokens, positions = throughput.total_counts()
+        samples, tokens = global_step * BATCH_SIZE, trainer.state.num_input_tokens_seen
         seconds = throughput.total_seconds
     train_wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -245,7 +237,6 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         "epoch_cpu_seconds_extrapolated": cpu_seconds / global_step * steps_per_epoch,
         "nonpad_tokens_per_second": tokens / seconds,
         "samples_per_second": samples / seconds,
-        "padding_share": 1 - tokens / positions,
         "epoch_positions": epoch_positions,
         "epoch_padding_share": 1 - lengths.sum() / epoch_positions,
         "train_loss": train_loss,
@@ -270,11 +261,9 @@ LOOP_PHASES = ("batch", "forward", "backward", "clip", "optimizer", "zero_grad")
 def bare_loop(trainer, steps: int, steps_per_epoch: int) -> tuple[float, list[float], dict[str, list[float]], tuple]:
     """Train `steps` steps with the trainer's DataLoader, optimizer and schedule, but no Trainer loop; time phases.
 
-    Returns (mean loss, seconds per step, seconds per phase per step, (samples, non-padding tokens, positions)).
+    Returns (mean loss, seconds per step, seconds per phase per step, (samples, non-padding tokens)).
     """
     import torch
-
-    from transferkit.throughput import count_batch
 
     trainer.create_optimizer_and_scheduler(num_training_steps=steps_per_epoch)
     optimizer, scheduler, model = trainer.optimizer, trainer.lr_scheduler, trainer.model
@@ -301,7 +290,7 @@ def bare_loop(trainer, steps: int, steps_per_epoch: int) -> tuple[float, list[fl
             phases[name].append(end - start)
         step_seconds.append(marks[-1] - marks[0])
         losses.append(loss.item())
-        counts.append(count_batch(batch))
+        counts.append((len(batch["input_ids"]), int(batch["attention_mask"].sum())))
     return statistics.mean(losses), step_seconds, phases, tuple(map(sum, zip(*counts)))
 
 
@@ -318,7 +307,7 @@ def prepare_inputs(args: argparse.Namespace) -> None:
 
 def child_command(args: argparse.Namespace, variant: str, out: str) -> list[str]:
     command = [sys.executable, os.path.abspath(__file__), "--child", variant, "--child-out", out]
-    command += ["--epochs-fraction", str(args.epochs_fraction), "--pool-batches", str(args.pool_batches)]
+    command += ["--epochs-fraction", str(args.epochs_fraction)]
     command += ["--model", args.model, "--data", args.data, "--seed", str(args.seed)]
     command += ["--logging-steps", str(args.logging_steps), "--warmup-steps", str(args.warmup_steps)]
     if args.max_train_samples is not None:
@@ -345,7 +334,7 @@ def run_all(args: argparse.Namespace) -> dict:
                     f"  {run['steps']} steps, {run['train_seconds']:.1f} s training "
                     f"(~{run['epoch_seconds_extrapolated']:.0f} s/epoch, {run['epoch_seconds_steady']:.0f} steady, "
                     f"warm-up +{run['warmup_extra_seconds']:.0f} s), {run['nonpad_tokens_per_second']:.0f} "
-                    f"non-pad tokens/s, padding {run['padding_share']:.1%}, eval {run['eval_seconds']:.1f} s, "
+                    f"non-pad tokens/s, padding {run['epoch_padding_share']:.1%}, eval {run['eval_seconds']:.1f} s, "
                     f"acc {run['eval_accuracy']:.3f}",
                     flush=True,
                 )
@@ -360,7 +349,6 @@ SUMMARY_KEYS = (
     "train_seconds",
     "nonpad_tokens_per_second",
     "samples_per_second",
-    "padding_share",
     "epoch_positions",
     "epoch_padding_share",
     "eval_seconds",
@@ -406,7 +394,6 @@ def summarise(args: argparse.Namespace, variants: list[str], runs: list[dict]) -
             "eval_batch_size": EVAL_BATCH_SIZE,
             "max_seq_length": MAX_SEQ_LENGTH,
             "learning_rate": LEARNING_RATE,
-            "pool_batches": args.pool_batches,
             "warmup_steps": args.warmup_steps,
             "seed": args.seed,
             "dtype": "float32",
@@ -449,9 +436,9 @@ def markdown(report: dict) -> str:
         ),
         "",
         "| variant | s/epoch (steady) | vs pad128 | vs group_by_length | warm-up extra s | s/epoch (as run) "
-        "| CPU s/epoch | non-pad tok/s | samples/s | padding (run) | epoch positions (M) | padding (epoch) | eval s "
+        "| CPU s/epoch | non-pad tok/s | samples/s | epoch positions (M) | padding (epoch) | eval s "
         "| eval padding | eval acc | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in report["summary"].items():
         ratios = [row.get(f"speedup_vs_{reference}") for reference in ("pad128", "group_by_length")]
@@ -461,7 +448,7 @@ def markdown(report: dict) -> str:
             + f" | {row['warmup_extra_seconds']:.0f} | {row['epoch_seconds_extrapolated']:.0f} | "
             f"{row['epoch_cpu_seconds_extrapolated']:.0f} | "
             f"{row['nonpad_tokens_per_second']:.0f} | "
-            f"{row['samples_per_second']:.1f} | {row['padding_share']:.1%} | {row['epoch_positions'] / 1e6:.3f} | "
+            f"{row['samples_per_second']:.1f} | {row['epoch_positions'] / 1e6:.3f} | "
             f"{row['epoch_padding_share']:.1%} | {row['eval_seconds']:.1f} | "
             f"{row['eval_padding_share']:.1%} | {row['eval_accuracy']:.3f} | {row['peak_rss_mb']:.0f} |"
         )
@@ -494,15 +481,15 @@ def markdown(report: dict) -> str:
 
 def phase_lines(summary: dict, steps_per_epoch: int) -> list[str]:
     """Where a bare-loop step's time goes, and Trainer's per-step overhead (its steady step minus the loop's)."""
-    loop = summary.get("bucketed_loop", {})
+    loop = summary.get("loop", {})
     phases = loop.get("step_phase_seconds")
     if not phases:
         return []
     step = sum(phases.values())
     parts = ", ".join(f"{name} {seconds * 1000:.0f} ms ({seconds / step:.1%})" for name, seconds in phases.items())
-    lines = ["", f"Step phases (bucketed_loop, steady mean step {step * 1000:.0f} ms): {parts}."]
-    if "bucketed" in summary:
-        trainer_step = summary["bucketed"]["epoch_seconds_steady"] / steps_per_epoch
+    lines = ["", f"Step phases (loop, steady mean step {step * 1000:.0f} ms): {parts}."]
+    if "group_by_length" in summary:
+        trainer_step = summary["group_by_length"]["epoch_seconds_steady"] / steps_per_epoch
         lines.append(
             f"Trainer's steady step on the same batches: {trainer_step * 1000:.0f} ms, so its loop adds "
             f"{(trainer_step - step) * 1000:.0f} ms a step ({trainer_step / step - 1:.1%})."
