@@ -52,13 +52,13 @@ from transferkit.reports import predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback
 from transferkit.train import (
-    disable_eval_without_split,
-    early_stopping_callbacks,
+    early_stopping,
     evaluate_and_save,
     log_run_plan,
     runtime_defaults,
     start_run,
     train_and_save,
+    without_evaluation_if_no_split,
 )
 from transferkit.trainers import ClassificationTrainer
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
-    start, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
+    training_args, start, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
 
     splits, text_columns, spec = load_classification_splits(
         data_args, model_args, cls_args.problem_type, training_args.seed
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
-    disable_eval_without_split(training_args, "validation" in tokenized)
+    training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
-    callbacks = early_stopping_callbacks(training_args, cls_args, spec.problem_type)
+    training_args, callbacks = early_stopping(training_args, cls_args, spec.problem_type)
     callbacks += [callback for callback in (warmup, ThroughputCallback()) if callback]  # tokens/s, MFU in the logs
     log_run_plan(tokenized, training_args)
 

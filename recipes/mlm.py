@@ -57,12 +57,12 @@ from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback
 from transferkit.train import (
-    disable_eval_without_split,
     evaluate_and_save,
     log_run_plan,
     runtime_defaults,
     start_run,
     train_and_save,
+    without_evaluation_if_no_split,
 )
 from transferkit.trainers import MLMTrainer
 
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
     if mlm_args.streaming and training_args.max_steps <= 0:
-        raise TransferKitError("streaming: true reads the corpus once, with no length known: set max_steps.")
-    start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
+        raise TransferKitError("streaming: true has no length to count epochs in (the stream repeats): set max_steps.")
+    training_args, start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
 
     splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         enable_sparse_mlm_head(model)
     if lora_args.use_peft:
         model = apply_lora(model, lora_args, mlm_args.objective, revision=model_args.model_revision)
-    disable_eval_without_split(training_args, "validation" in tokenized)
+    training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(mlm_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
     throughput = ThroughputCallback(output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)
     log_run_plan(tokenized, training_args)

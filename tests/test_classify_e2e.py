@@ -358,3 +358,21 @@ def test_lora_run_saves_the_adapter_once_and_merges_without_copying_the_live_mod
     main(base_args(tiny_bert, reviews_csv, out, *args, "--save_strategy", "no"))
     assert saves == [str(out)]
     assert (out / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--validation_split_percentage", "0", "--load_best_model_at_end", "true"],
+         "No validation split, so evaluation is off: --load_best_model_at_end requires the save and eval strategy"),
+        (["--early_stopping_patience", "2", "--save_strategy", "steps"],
+         "early_stopping_patience keeps the best model: --load_best_model_at_end requires the save and eval strategy"),
+    ],
+    ids=["no-validation-but-best-model", "early-stopping-with-mismatched-strategies"],
+)  # fmt: skip
+def test_settings_decided_after_parsing_pass_trainingarguments_own_checks(
+    extra, message, tiny_bert, reviews_csv, tmp_path
+):
+    with pytest.raises(TransferKitError, match=message):
+        main(base_args(tiny_bert, reviews_csv, tmp_path / "run", "--max_steps", "2", *extra))
+    assert not (tmp_path / "run").exists()

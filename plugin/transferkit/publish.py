@@ -68,10 +68,12 @@ class PushTarget:
 
 
 def prepare_push(args: TrainingArguments, lora_args=None) -> PushTarget | None:
-    """The push target (repos checked now, before any training) or None; Trainer's own push is turned off.
+    """The push target (repos checked now, before any training) or None. The caller then turns Trainer's own push
+    off and drops `hub_token` from the training arguments (train.start_run): TransferKit pushes, and Trainer pickles
+    its arguments into output_dir.
 
     `lora_args` (a LoraArguments) decides the merged model's repo: with `merge_adapter`, `hub_merged_model_id` or
-    `<hub_model_id>-merged`. Every rank drops `hub_token` from `args`, which Trainer pickles into output_dir.
+    `<hub_model_id>-merged`.
     """
     merged_option = getattr(lora_args, "hub_merged_model_id", None)
     if not args.push_to_hub:
@@ -101,8 +103,6 @@ def prepare_push(args: TrainingArguments, lora_args=None) -> PushTarget | None:
     if args.process_index == 0:
         for repo in filter(None, (repo_id, merged_repo_id)):
             check_push_access(repo, token=target.token, private=target.private, revision=target.revision)
-    args.push_to_hub = False
-    args.hub_token = None  # torch.save(args) into output_dir/training_args.bin and every checkpoint
     return target
 
 

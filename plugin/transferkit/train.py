@@ -1,6 +1,6 @@
 """A run's steps around the Trainer: the checks before anything loads (`start_run`), training and saving
 (`train_and_save`), evaluation, and the settings and callbacks that depend on the data (no validation split,
-early stopping).
+early stopping). Settings decided after parsing make a new TrainingArguments (`with_arguments`), so its checks run.
 
 The Trainer classes themselves are in trainers.py; everything Trainer already does well (the loop, Accelerate,
 checkpoints, logging) stays its own.
@@ -8,6 +8,7 @@ checkpoints, logging) stays its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -66,14 +67,23 @@ def setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
-def disable_eval_without_split(args: TrainingArguments, has_validation: bool) -> None:
+def with_arguments(args: TrainingArguments, why: str, **changes) -> TrainingArguments:
+    """A copy of `args` with `changes`, built anew so that TrainingArguments' own checks judge the result (setting a
+    field on the object would skip them); a check that fails is one clear error that starts with `why`."""
+    try:
+        return dataclasses.replace(args, **changes)
+    except ValueError as err:
+        raise TransferKitError(f"{why}: {' '.join(str(err).split())}") from None
+
+
+def without_evaluation_if_no_split(args: TrainingArguments, has_validation: bool) -> TrainingArguments:
     """No validation split (validation_split_percentage 0, no file): train without evaluating, and say so."""
-    if not has_validation and args.eval_strategy != IntervalStrategy.NO:
-        logger.warning(
-            "No validation split: evaluation during training is off (eval_strategy was %s).",
-            args.eval_strategy.value,
-        )
-        args.eval_strategy = IntervalStrategy.NO
+    if has_validation or args.eval_strategy == IntervalStrategy.NO:
+        return args
+    logger.warning(
+        "No validation split: evaluation during training is off (eval_strategy was %s).", args.eval_strategy.value
+    )
+    return with_arguments(args, "No validation split, so evaluation is off", eval_strategy=IntervalStrategy.NO)
 
 
 def global_batch_size(args: TrainingArguments) -> int:
@@ -106,25 +116,24 @@ def runtime_defaults() -> dict[str, object]:
     return defaults
 
 
-def early_stopping_callbacks(args: TrainingArguments, cls_args, problem_type: str) -> list[TrainerCallback]:
-    """Early stopping needs the best model kept and a metric to compare; fill in what the user left unset."""
+def early_stopping(
+    args: TrainingArguments, cls_args, problem_type: str
+) -> tuple[TrainingArguments, list[TrainerCallback]]:
+    """The arguments and callbacks for `early_stopping_patience`: the best model kept (`load_best_model_at_end`) and
+    a metric to compare, the problem type's when the user left `metric_for_best_model` unset."""
     from transformers import EarlyStoppingCallback
 
     from transferkit.metrics import BEST_MODEL_METRIC
 
     if cls_args.early_stopping_patience is None:
-        return []
+        return args, []
     if args.eval_strategy == IntervalStrategy.NO:
         raise TransferKitError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps.")
-    if args.save_strategy != args.eval_strategy:
-        raise TransferKitError(
-            f"early_stopping_patience keeps the best checkpoint, so save_strategy ({args.save_strategy}) must "
-            f"equal eval_strategy ({args.eval_strategy})."
-        )
-    args.load_best_model_at_end = True
+    changes: dict[str, object] = {"load_best_model_at_end": True}
     if args.metric_for_best_model is None:
-        args.metric_for_best_model, args.greater_is_better = BEST_MODEL_METRIC[problem_type]
-    return [EarlyStoppingCallback(cls_args.early_stopping_patience, cls_args.early_stopping_threshold)]
+        changes["metric_for_best_model"], changes["greater_is_better"] = BEST_MODEL_METRIC[problem_type]
+    stopping = EarlyStoppingCallback(cls_args.early_stopping_patience, cls_args.early_stopping_threshold)
+    return with_arguments(args, "early_stopping_patience keeps the best model", **changes), [stopping]
 
 
 def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
@@ -137,15 +146,20 @@ def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
 
 def start_run(
     training_args: TrainingArguments, run_args: RunArguments, recipe: str, lora_args=None
-) -> tuple[StartPoint, PushTarget | None]:
-    """What every recipe checks before loading data or a model; returns (where training starts, push target).
+) -> tuple[TrainingArguments, StartPoint, PushTarget | None]:
+    """What every recipe checks before loading data or a model; returns (the training arguments to use, where
+    training starts, push target).
 
     Logging, the distributed backend actually asked for, a writable output_dir with room, the start point (or a
     refusal to touch an earlier run; a finished run with resume_from_checkpoint: auto exits 0 here), and Hub write
-    access when pushing.
+    access when pushing: TransferKit pushes itself, so the arguments it returns have Trainer's push off and no token
+    (Trainer pickles them into training_args.bin).
     """
     setup_logging(training_args)
     check_requested_backend(training_args, recipe=recipe)
     check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     start = resolve_start(training_args, run_args.overwrite_output_dir)
-    return start, prepare_push(training_args, lora_args)
+    push = prepare_push(training_args, lora_args)
+    if push is not None:
+        training_args = with_arguments(training_args, "push_to_hub", push_to_hub=False, hub_token=None)
+    return training_args, start, push
