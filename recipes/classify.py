@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
     training_args, callbacks = early_stopping(training_args, cls_args, spec.problem_type)
-    callbacks += [callback for callback in (warmup, ThroughputCallback()) if callback]  # tokens/s, MFU in the logs
+    callbacks += [warmup] if warmup else []
     log_run_plan(tokenized, training_args)
 
     weights = cls_args.class_weights and class_weights(spec, tokenized["train"]["label"], cls_args.class_weights)
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
         class_weights=weights or None,
     )
+    ThroughputCallback().add_first(trainer)  # tokens/s and MFU in the logs, ahead of the report_to integrations
     check_requested_backend(trainer, recipe="classify")
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))

@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = apply_lora(model, lora_args, mlm_args.objective, revision=model_args.model_revision)
     training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(mlm_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
-    throughput = ThroughputCallback(output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0)
     log_run_plan(tokenized, training_args)
 
     trainer = MLMTrainer(
@@ -132,9 +131,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=lm_collator(tokenizer, mlm_args),
         compute_metrics=next_token_accuracy if clm else masked_token_accuracy,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        callbacks=[callback for callback in (warmup, throughput) if callback],
+        callbacks=[warmup] if warmup else [],
         optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
     )
+    # tokens/s and MFU in the logs, ahead of the report_to integrations; the sparse head projects masked rows only
+    ThroughputCallback(output_head_fraction=mlm_args.mlm_probability if sparse_head else 1.0).add_first(trainer)
     check_requested_backend(trainer, recipe="mlm")
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))

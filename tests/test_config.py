@@ -123,3 +123,7 @@ def test_a_str_or_bool_training_option_takes_its_words_too(tmp_path):
     assert training.include_num_input_tokens_seen == "non_padding"
     *_, training = parse_config(TYPES, ["--config", write(tmp_path, "include_num_input_tokens_seen: true\n"), *base])
     assert training.include_num_input_tokens_seen == "all"
+    with pytest.raises(TransferKitError, match="expects one of all, non_padding, no, true or false, got 'non-padding'"):
+        parse_config(TYPES, ["--config", write(tmp_path, "include_num_input_tokens_seen: non-padding\n"), *base])
+    with pytest.raises(SystemExit):  # argparse's own error for a command-line typo
+        parse_config(TYPES, [*base, "--include_num_input_tokens_seen", "none"])

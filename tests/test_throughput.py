@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from tests.tiny import build_tokenizer
 from transferkit.throughput import (
@@ -81,32 +87,68 @@ def make_trainer(model_dir, tmp_path, dataset, cls=Trainer, model=None, callback
 # ---- counting ----------------------------------------------------------------------------------------------------
 
 
-def test_callback_adds_throughput_to_logs(tiny_bert, tmp_path, monkeypatch):
+class FakeClock:
+    """Time that moves only where a test says: 1 s per training step, 100 s per evaluation or save."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Elapse(TrainerCallback):
+    """Advances the fake clock: before each step's end, and before the throughput callback hears of an evaluation
+    or a save (it is first in the list)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.now += 1.0
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.clock.now += 100.0
+
+    on_save = on_evaluate
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_callback_rates_count_training_time_only(accumulation, tiny_bert, tmp_path, monkeypatch):
     monkeypatch.delenv(PEAK_FLOPS_ENV, raising=False)
-    callback = ThroughputCallback()
-    trainer = make_trainer(tiny_bert, tmp_path, fixed_length_dataset(3), callbacks=[callback], num_train_epochs=2,
-                           eval_strategy="steps", eval_steps=2)  # fmt: skip
+    clock = FakeClock()
+    callback = ThroughputCallback(clock=clock)
+    trainer = make_trainer(tiny_bert, tmp_path, fixed_length_dataset(6), callbacks=[Elapse(clock)],
+                           per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
+                           eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=3)  # fmt: skip
+    callback.add_first(trainer)
+    assert trainer.callback_handler.callbacks[0] is callback  # ahead of the report_to integrations
+    trainer.callback_handler.callbacks.insert(0, trainer.callback_handler.pop_callback(Elapse))  # the clock moves first
     result = trainer.train()
 
     step_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert len(step_logs) == 6  # a log every step, two of them at an epoch's end
-    for entry in step_logs:
-        assert entry["nonpad_tokens_per_second"] > 0
-        assert "mfu" not in entry  # CPU, no peak given
+    assert len(step_logs) == 6 and "mfu" not in step_logs[0]  # a log every step; CPU, no peak given
+    tokens_per_step = sum(BATCH_LENGTHS)  # 4 rows a step, however they are accumulated
+    assert all(entry["nonpad_tokens_per_second"] == pytest.approx(tokens_per_step) for entry in step_logs)
     eval_logs = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     assert len(eval_logs) == 3 and not any("nonpad_tokens_per_second" in entry for entry in eval_logs)
-    # The summary reaches train()'s metrics (and so train_results.json); evaluation batches were not counted:
-    # Trainer's count is the 6 training batches' real tokens, and the rate is over training time only.
-    assert trainer.state.num_input_tokens_seen == 6 * sum(BATCH_LENGTHS)
-    assert 0 < result.metrics["train_compute_seconds"] <= result.metrics["train_runtime"]
-    assert result.metrics["train_nonpad_tokens_per_second"] == pytest.approx(
-        6 * sum(BATCH_LENGTHS) / result.metrics["train_compute_seconds"], rel=1e-3
-    )
+    # 6 s of steps: the 3 evaluations and 2 saves (500 s on the clock) are not training time
+    assert result.metrics["train_compute_seconds"] == pytest.approx(6.0)
+    assert result.metrics["train_nonpad_tokens_per_second"] == pytest.approx(tokens_per_step)
+
+
+def test_callback_logs_nothing_unless_trainer_counts_non_padding_tokens(tiny_bert, tmp_path):
+    callback = ThroughputCallback()
+    trainer = make_trainer(tiny_bert, tmp_path, fixed_length_dataset(1), include_num_input_tokens_seen="all")
+    callback.add_first(trainer)
+    trainer.train()
+    assert not any("nonpad_tokens_per_second" in entry for entry in trainer.state.log_history)  # padding would count
 
 
 def test_mfu_logged_when_peak_flops_is_set(tiny_bert, tmp_path, monkeypatch):
     monkeypatch.setenv(PEAK_FLOPS_ENV, "1e9")  # a tiny model on a CPU is far from any real peak
-    trainer = make_trainer(tiny_bert, tmp_path, fixed_length_dataset(3), callbacks=[ThroughputCallback()])
+    trainer = make_trainer(tiny_bert, tmp_path, fixed_length_dataset(3))
+    ThroughputCallback().add_first(trainer)
     result = trainer.train()
     step_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     mean_length = sum(BATCH_LENGTHS) / len(BATCH_LENGTHS)
@@ -188,3 +230,10 @@ def test_class_weights_are_optional(tiny_bert, tmp_path):
     assert trainer.class_weights is None  # Trainer's own loss
     weighted = ClassificationTrainer(model=trainer.model, args=trainer.args, class_weights=[1.0, 2.0])
     assert weighted.class_weights.tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("setting", [{"eval_do_concat_batches": False}, {"dataloader_drop_last": True}])
+def test_rows_that_could_not_be_put_back_are_not_sorted(setting, tiny_bert, tmp_path):
+    dataset = varied_dataset(30)
+    trainer = make_trainer(tiny_bert, tmp_path, dataset, cls=ClassificationTrainer, **setting)
+    assert not isinstance(trainer._get_eval_sampler(dataset), LengthSortedSampler)

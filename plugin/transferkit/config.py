@@ -29,21 +29,25 @@ def build_parser(dataclass_types: Sequence[type], description: str | None = None
         list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help=CONFIG_HELP)
-    # HfArgumentParser reads a `str | bool` field as a boolean only, so `include_num_input_tokens_seen: non_padding`,
-    # one of its documented values, would be refused. Such a field shows as a boolean option with a word as default:
-    # it takes words as well.
+    # HfArgumentParser reads TrainingArguments' `include_num_input_tokens_seen: str | bool` as a boolean only, so
+    # `non_padding`, one of its documented values, would be refused: it takes its words as well.
     for action in parser._actions:
-        if action.type is string_to_bool and isinstance(action.default, str):
-            action.type = string_or_bool
+        if action.dest == "include_num_input_tokens_seen":
+            action.type, action.choices = token_counting, None
     return parser
 
 
-def string_or_bool(value: str) -> str | bool:
-    """true / false (and yes, no, 1, 0, ...) as a boolean, any other word as itself."""
+TOKEN_COUNTING = ("all", "non_padding", "no")
+
+
+def token_counting(value: str | bool) -> str | bool:
+    """`include_num_input_tokens_seen`: all, non_padding or no, or a boolean (true counts all)."""
+    if isinstance(value, bool) or value in TOKEN_COUNTING:
+        return value
     try:
         return string_to_bool(value)
     except argparse.ArgumentTypeError:
-        return value
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(TOKEN_COUNTING)}, true or false") from None
 
 
 def parse_config(
@@ -149,6 +153,8 @@ def _coerce_scalar(key: str, value: Any, action: argparse.Action, source: str) -
         value = float(value) if ok else value
     elif expected is string_to_bool:
         ok = isinstance(value, bool)
+    elif expected is token_counting:
+        ok = isinstance(value, bool) or value in TOKEN_COUNTING
     elif expected is str or expected is None:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         value = str(value) if ok else value
@@ -165,7 +171,8 @@ def _coerce_scalar(key: str, value: Any, action: argparse.Action, source: str) -
 def _describe(action: argparse.Action) -> str:
     if action.choices is not None:
         return "one of " + ", ".join(repr(str(choice)) for choice in action.choices)
-    names = {int: "an integer", float: "a number", string_to_bool: "true or false", str: "a string"}
+    names = {int: "an integer", float: "a number", string_to_bool: "true or false", str: "a string",
+             token_counting: "one of all, non_padding, no, true or false"}  # fmt: skip
     described = names.get(action.type, getattr(action.type, "__name__", "a value"))
     return f"a list of {described.removeprefix('an ').removeprefix('a ')}s" if action.nargs == "+" else described
 

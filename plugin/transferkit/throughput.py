@@ -147,7 +147,10 @@ class ThroughputCallback(TrainerCallback):
     """Adds `nonpad_tokens_per_second` and `mfu` to Trainer's training logs (see the module docstring) from the token
     count Trainer keeps with `include_num_input_tokens_seen: non_padding`. `output_head_fraction` scales the tied
     output projection in the FLOPs estimate (the masking probability for the sparse MLM head); `peak_flops`
-    overrides the device peak (else $TRANSFERKIT_PEAK_FLOPS or the GPU table)."""
+    overrides the device peak (else $TRANSFERKIT_PEAK_FLOPS or the GPU table).
+
+    Add it with `add_first(trainer)`: Trainer runs the callbacks it is given after its `report_to` integrations,
+    which would then log before the figures are added."""
 
     def __init__(
         self,
@@ -157,12 +160,14 @@ class ThroughputCallback(TrainerCallback):
     ) -> None:
         self.output_head_fraction, self.peak_flops, self.clock = output_head_fraction, peak_flops, clock
         self.flops_per_token: float | None = None
+        self.counting = False
         self.mark: float | None = None
         self.interval_seconds = self.total_seconds = 0.0
         self.interval_tokens = self.run_tokens = 0
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        if args.include_num_input_tokens_seen in ("no", False, None):
+        self.counting = args.include_num_input_tokens_seen == "non_padding"
+        if not self.counting:  # "all" would count padding as tokens
             logger.warning("ThroughputCallback needs include_num_input_tokens_seen: non_padding; no rates are logged.")
         self.world_size = max(1, args.world_size)
         if self.peak_flops is None:
@@ -173,6 +178,10 @@ class ThroughputCallback(TrainerCallback):
         self.interval_tokens = self.run_tokens = state.num_input_tokens_seen
         self.interval_seconds = self.total_seconds = 0.0
         self.mark = self.clock()
+
+    def add_first(self, trainer) -> None:
+        """Put this callback before every other of `trainer`'s, so that TensorBoard, W&B, ... see its figures."""
+        trainer.callback_handler.callbacks.insert(0, self)
 
     def _tick(self) -> None:
         """Charge the time since the last mark to training."""
@@ -191,7 +200,7 @@ class ThroughputCallback(TrainerCallback):
     on_evaluate = on_predict = on_save = _restart_clock
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or self.mark is None:
+        if logs is None or self.mark is None or not self.counting:
             return
         if "loss" in logs:  # a training log
             self._tick()
@@ -203,9 +212,7 @@ class ThroughputCallback(TrainerCallback):
         else:
             return
         logs.update(added)
-        if state.log_history and all(state.log_history[-1].get(key) == value for key, value in logs.items()
-                                     if key not in added):  # fmt: skip
-            state.log_history[-1].update(added)  # Trainer appended its copy of `logs` before calling us
+        state.log_history[-1].update(added)  # Trainer.log appends its copy of `logs` just before calling us
 
     def figures(self, tokens: int, seconds: float, prefix: str) -> dict[str, float]:
         if tokens <= 0 or seconds <= 0:
@@ -219,10 +226,7 @@ class ThroughputCallback(TrainerCallback):
 
 def mean_row_length(dataset: Any) -> float:
     """Mean non-padding length of a training row (0 when the dataset cannot tell: a stream)."""
-    columns = getattr(dataset, "column_names", None) or []
-    if "input_ids" not in columns:
-        return 0.0
-    import pyarrow.compute as pc
+    from transferkit.trainers import row_lengths
 
-    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
-    return float(np.mean(lengths)) if len(lengths) else 0.0
+    lengths = row_lengths(dataset)
+    return float(np.mean(lengths)) if lengths is not None and len(lengths) else 0.0

@@ -51,7 +51,6 @@ class ClassificationTrainer(Trainer):
     def __init__(self, *args, class_weights: list[float] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-        self._eval_order: np.ndarray | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.class_weights is None:
@@ -67,37 +66,39 @@ class ClassificationTrainer(Trainer):
         )
         return (loss, outputs) if return_outputs else loss
 
+    def _sorts(self, dataset: Any) -> np.ndarray | None:
+        """The lengths to sort `dataset` by, or None where sorting could not be undone row by row (batches kept
+        apart, or a last batch dropped)."""
+        if dataset is None or not has_length(dataset):
+            return None
+        if not self.args.eval_do_concat_batches or self.args.dataloader_drop_last:
+            return None
+        return row_lengths(dataset)
+
     def _get_eval_sampler(self, eval_dataset: Any) -> Sampler | None:
-        lengths = row_lengths(eval_dataset) if eval_dataset is not None and has_length(eval_dataset) else None
-        if lengths is None:
-            return super()._get_eval_sampler(eval_dataset)
-        sampler = LengthSortedSampler(lengths)
-        self._eval_order = sampler.order
-        return sampler
+        lengths = self._sorts(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset) if lengths is None else LengthSortedSampler(lengths)
 
     def predict(self, test_dataset: Any, *args: Any, **kwargs: Any) -> PredictionOutput:
         """Trainer.predict, with predictions and label_ids back in `test_dataset`'s row order."""
-        self._eval_order = None
         output = super().predict(test_dataset, *args, **kwargs)
-        order = self._eval_order  # set while predict built its DataLoader
-        if order is None or len(order) != len(test_dataset):
+        lengths = self._sorts(test_dataset)
+        if lengths is None:
             return output
-        inverse = np.empty(len(order), dtype=np.int64)
-        inverse[order] = np.arange(len(order))
-        reorder = _reorder_rows(inverse)
-        return PredictionOutput(reorder(output.predictions), reorder(output.label_ids), output.metrics)
+        inverse = np.empty(len(lengths), dtype=np.int64)
+        inverse[LengthSortedSampler(lengths).order] = np.arange(len(lengths))
+        return PredictionOutput(
+            _reorder(output.predictions, inverse), _reorder(output.label_ids, inverse), output.metrics
+        )
 
 
-def _reorder_rows(inverse: np.ndarray):
-    def reorder(value: Any) -> Any:
-        """`value` (an array, or nested tuples / lists of arrays) with its rows taken in `inverse` order."""
-        if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == len(inverse):
-            return value[inverse]
-        if isinstance(value, (tuple, list)):
-            return type(value)(reorder(item) for item in value)
-        return value
-
-    return reorder
+def _reorder(value: Any, inverse: np.ndarray) -> Any:
+    """`value` (an array, or nested tuples / lists of arrays) with its rows taken in `inverse` order."""
+    if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == len(inverse):
+        return value[inverse]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_reorder(item, inverse) for item in value)
+    return value
 
 
 class MLMTrainer(Trainer):

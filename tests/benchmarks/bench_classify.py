@@ -10,7 +10,6 @@ linear schedule over one epoch, the same seed for data order and the new head's 
 training split):
 
 * ``pad128``: every batch padded to 128 tokens, random batches (transformers' run_classification.py as shipped);
-* ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``;
 * ``group_by_length``: ``DataCollatorWithPadding`` + Trainer's ``train_sampling_strategy="group_by_length"``, through
   TransferKit's :class:`~transferkit.trainers.ClassificationTrainer` (length-sorted evaluation): the classify recipe's
   set-up;
@@ -25,7 +24,7 @@ training split):
   embeddings) rather than compute that grows with the tokens.
 
 (TransferKit's own length-bucketed training sampler, measured here before: 1.06x over Trainer's group_by_length at
-the same batch size, 2.5% -> 1.2% padding; not worth its 250 lines, so the recipe now uses Trainer's.)
+the same batch size, 2.7% -> 1.7% of an epoch's positions padding; not worth its 250 lines, so the recipe now uses Trainer's.)
 
 Each run is its own process (so peak RSS is that run's) and trains ``--epochs-fraction`` of an epoch (the
 learning-rate schedule is still the full epoch's; training stops early). Runs are repeated ``--repeats`` times,
