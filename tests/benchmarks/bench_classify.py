@@ -24,7 +24,8 @@ training split):
   embeddings) rather than compute that grows with the tokens.
 
 (TransferKit's own length-bucketed training sampler, measured here before: 1.06x over Trainer's group_by_length at
-the same batch size, 2.7% -> 1.7% of an epoch's positions padding; not worth its 250 lines, so the recipe now uses Trainer's.)
+the same batch size, 2.7% -> 1.7% of an epoch's positions padding; not worth its 250 lines, so the recipe now uses
+Trainer's.)
 
 Each run is its own process (so peak RSS is that run's) and trains ``--epochs-fraction`` of an epoch (the
 learning-rate schedule is still the full epoch's; training stops early). Runs are repeated ``--repeats`` times,
