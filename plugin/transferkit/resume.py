@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from transferkit import __version__
+from transferkit.distributed import deepspeed_request
 from transferkit.errors import TransferKitError
 
 logger = logging.getLogger(__name__)
@@ -66,8 +68,6 @@ class StartPoint:
 def mark_finished(output_dir: str, task: str) -> None:
     """Written by the main process as a recipe's last local step (after evaluation, predictions, the merge and the
     card): a run without it did not finish, whatever other files it left."""
-    from transferkit import __version__
-
     record = {"task": task, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "transferkit": __version__}
     path = os.path.join(output_dir, FINISHED_MARKER)
     with open(path + ".partial", "w", encoding="utf-8") as handle:
@@ -125,8 +125,6 @@ def resolve_start(args: TrainingArguments, overwrite_output_dir: bool) -> StartP
 
 
 def _resume_from(checkpoint: str, args: TrainingArguments) -> StartPoint:
-    from transferkit.distributed import deepspeed_request
-
     if has_optimizer_state(checkpoint):
         return StartPoint(checkpoint=checkpoint)
     if deepspeed_request(args):  # DeepSpeed resumes only from its own global_step folder
