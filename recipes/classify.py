@@ -76,6 +76,9 @@ DEFAULTS = {
     "ddp_find_unused_parameters": False,
     "train_sampling_strategy": "group_by_length",
     "include_num_input_tokens_seen": "non_padding",
+    "do_train": True,
+    "do_eval": True,  # a final evaluation when there is a validation split; do_eval false: none at all
+    "do_predict": True,  # predictions.csv when there is a test split
 }
 ARGUMENT_TYPES = (
     ModelArguments,
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
+    pad_to = max_seq_length if data_args.pad_to_max_length else None  # fixed shapes, for TPUs and compiled graphs
     training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
     training_args, callbacks = early_stopping(training_args, cls_args, spec.problem_type)
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else True, max_length=pad_to),
         compute_metrics=build_compute_metrics(spec.problem_type, load_metric(spec.problem_type, cls_args.metric_name)),
         callbacks=callbacks,
         optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
@@ -136,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(
             save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer, model_args)
         )
-    if "validation" in tokenized:
+    if "validation" in tokenized and training_args.do_eval:
         metrics.update(evaluate_and_save(trainer))
-    if "test" in tokenized:
+    if "test" in tokenized and training_args.do_predict:
         metrics.update(predict_and_report(trainer, tokenized["test"], text_columns, spec))
     finish_run(
         trainer,

@@ -82,6 +82,8 @@ DEFAULTS = {
     "remove_unused_columns": False,
     "accelerator_config": {"dispatch_batches": False},
     "include_num_input_tokens_seen": "non_padding",
+    "do_train": True,
+    "do_eval": True,  # a final evaluation when there is a validation split; do_eval false: none at all
 }
 ARGUMENT_TYPES = (
     ModelArguments,
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true has no length to count epochs in (the stream repeats): set max_steps.")
+    if training_args.do_predict:
+        raise TransferKitError("do_predict: the mlm recipe predicts nothing (it has no test split); remove do_predict.")
     training_args, start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
 
     splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=lm_collator(tokenizer, mlm_args),
+        data_collator=lm_collator(tokenizer, mlm_args, pad_to=max_seq_length if data_args.pad_to_max_length else None),
         compute_metrics=next_token_accuracy if clm else masked_token_accuracy,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=[warmup] if warmup else [],
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(
             save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer, model_args)
         )
-    if "validation" in tokenized:
+    if "validation" in tokenized and training_args.do_eval:
         metrics.update(evaluate_and_save(trainer))
     finish_run(
         trainer,

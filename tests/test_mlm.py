@@ -163,7 +163,7 @@ def test_streaming_needs_max_steps_and_runs_with_it(tiny_bert, corpus, tmp_path)
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--mlm_probability", "1.5"], "mlm_probability must be between 0 and 1"),
+        (["--mlm_probability", "1.5"], "mlm_probability must be > 0 and < 1"),
         (["--max_seq_length", "512"], "max_seq_length 512 is above what the model takes (64 tokens)"),
         (["--text_column_names", "body"], "text_column_names: column 'body' is not in the train split"),
     ],

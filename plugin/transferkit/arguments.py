@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transferkit.errors import TransferKitError
+from transferkit.ranges import COUNT, PROBABILITY, at_least, between, check_own_ranges
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -45,16 +46,23 @@ class DataArguments:
     test_file: str | None = field(default=None, **_help("Test data, same formats; predictions are written for it."))
     validation_split_percentage: int = field(
         default=10,
-        **_help("Percent of the training data held out for validation when there is no validation split."),
+        **_help(
+            "Percent of the training data held out for validation when there is no validation split.",
+            range=between(0, 100, high_open=True),
+        ),
     )
     test_split_percentage: int = field(
         default=0,
-        **_help("Percent of the training data held out as a test split when there is none (0: none)."),
+        **_help(
+            "Percent of the training data held out as a test split when there is none (0: none).",
+            range=between(0, 100, high_open=True),
+        ),
     )
     text_column_names: list[str] | None = field(
         default=None,
         **_help(
-            "One text column, or two encoded as a text pair. Default: 'text', 'sentence1 sentence2' or 'sentence'."
+            "One text column, or two encoded as a text pair, separated by spaces or commas (sentence1,sentence2). "
+            "Default: 'text', 'sentence1 sentence2' or 'sentence'."
         ),
     )
     label_column_name: str = field(default="label", **_help("Column holding the labels."))
@@ -63,29 +71,37 @@ class DataArguments:
     )
     max_seq_length: int | None = field(
         default=None,
-        **_help("Longest input in tokens after truncation. Default: the model's limit, at most 512."),
+        **_help(
+            "Longest input in tokens after truncation. Default: the model's limit, at most 512.", range=at_least(8)
+        ),
     )
-    max_train_samples: int | None = field(default=None, **_help("Keep only this many training examples."))
-    max_eval_samples: int | None = field(default=None, **_help("Keep only this many validation examples."))
-    max_test_samples: int | None = field(default=None, **_help("Keep only this many test examples."))
-    preprocessing_num_workers: int | None = field(default=None, **_help("Processes used for tokenization."))
+    pad_to_max_length: bool = field(
+        default=False,
+        **_help(
+            "Pad every batch to max_seq_length: fixed shapes, for TPUs and compiled graphs. Default: pad each batch "
+            "to its longest text, which is faster."
+        ),
+    )
+    max_train_samples: int | None = field(default=None, **_help("Keep only this many training examples.", range=COUNT))
+    max_eval_samples: int | None = field(default=None, **_help("Keep only this many validation examples.", range=COUNT))
+    max_test_samples: int | None = field(default=None, **_help("Keep only this many test examples.", range=COUNT))
+    preprocessing_num_workers: int | None = field(
+        default=None, **_help("Processes used for tokenization.", range=COUNT)
+    )
     overwrite_cache: bool = field(default=False, **_help("Tokenize again instead of reusing the datasets cache."))
 
     def __post_init__(self) -> None:
+        check_own_ranges(self)
         if self.dataset_name is None and self.train_file is None:
             raise TransferKitError("No training data: set dataset_name (a Hub dataset) or train_file (local files).")
-        for name in ("validation_split_percentage", "test_split_percentage"):
-            value = getattr(self, name)
-            if not 0 <= value < 100:
-                raise TransferKitError(f"{name} must be between 0 and 99, got {value}.")
         if self.validation_split_percentage + self.test_split_percentage >= 100:
             raise TransferKitError("validation_split_percentage + test_split_percentage must stay below 100.")
+        if self.text_column_names is not None:  # transformers' run_classification.py takes "sentence1,sentence2"
+            self.text_column_names = [name.strip() for item in self.text_column_names for name in item.split(",")]
         if self.text_column_names is not None and not 1 <= len(self.text_column_names) <= 2:
             raise TransferKitError(
                 f"text_column_names takes one column or two (a text pair), got {self.text_column_names}."
             )
-        if self.max_seq_length is not None and self.max_seq_length < 8:
-            raise TransferKitError(f"max_seq_length must be at least 8 tokens, got {self.max_seq_length}.")
 
 
 @dataclass
@@ -109,21 +125,26 @@ class ClassificationArguments:
     )
     early_stopping_patience: int | None = field(
         default=None,
-        **_help("Stop after this many evaluations without improvement of metric_for_best_model; keeps the best model."),
+        **_help(
+            "Stop after this many evaluations without improvement of metric_for_best_model; keeps the best model.",
+            range=COUNT,
+        ),
     )
-    early_stopping_threshold: float = field(default=0.0, **_help("Smallest change that counts as an improvement."))
+    early_stopping_threshold: float = field(
+        default=0.0, **_help("Smallest change that counts as an improvement.", range=at_least(0))
+    )
     head_warmup_steps: int = field(
         default=0,
         **_help(
             "Train only the new classification head for this many steps, then the whole model (linear probing "
             "then finetuning): the random head does not disturb the pretrained encoder early on. The quickstart "
-            "uses one epoch of steps."
+            "uses one epoch of steps.",
+            range=at_least(0),
         ),
     )
 
     def __post_init__(self) -> None:
-        if self.head_warmup_steps < 0:
-            raise TransferKitError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}.")
+        check_own_ranges(self)
         if self.problem_type not in (None, *PROBLEM_TYPES):
             raise TransferKitError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}.")
         if self.class_weights and self.class_weights != ["auto"]:
@@ -133,8 +154,6 @@ class ClassificationArguments:
                 raise TransferKitError(
                     f"class_weights takes 'auto' or one number per label, got {self.class_weights}."
                 ) from None
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise TransferKitError(f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
 
 
 @dataclass
@@ -151,7 +170,12 @@ class RunArguments:
             "estimated time from a few timed steps) and stop without training."
         ),
     )
-    min_free_disk_gb: float = field(default=1.0, **_help("Fail early when output_dir's disk has less free space."))
+    min_free_disk_gb: float = field(
+        default=1.0, **_help("Fail early when output_dir's disk has less free space.", range=at_least(0))
+    )
+
+    def __post_init__(self) -> None:
+        check_own_ranges(self)
 
 
 OBJECTIVES = ("mlm", "clm")
@@ -169,10 +193,21 @@ class MLMArguments:
             "continued pretraining of a decoder (GPT-2, Llama, Qwen, ...). The masking options apply to mlm only."
         ),
     )
-    mlm_probability: float = field(default=0.15, **_help("Share of tokens masked in each training sequence."))
-    mask_replace_prob: float = field(default=0.8, **_help("Of the masked tokens, the share replaced by [MASK]."))
+    mlm_probability: float = field(
+        default=0.15,
+        **_help(
+            "Share of tokens masked in each training sequence.", range=between(0, 1, low_open=True, high_open=True)
+        ),
+    )
+    mask_replace_prob: float = field(
+        default=0.8, **_help("Of the masked tokens, the share replaced by [MASK].", range=PROBABILITY)
+    )
     random_replace_prob: float = field(
-        default=0.1, **_help("Of the masked tokens, the share replaced by a random token (the rest stay as they are).")
+        default=0.1,
+        **_help(
+            "Of the masked tokens, the share replaced by a random token (the rest stay as they are).",
+            range=PROBABILITY,
+        ),
     )
     whole_word_mask: bool = field(
         default=False, **_help("Mask all the tokens of a word together (needs a fast tokenizer).")
@@ -199,10 +234,14 @@ class MLMArguments:
     )
     head_warmup_steps: int = field(
         default=0,
-        **_help("Train only the MLM head for this many steps first: for checkpoints without one (sentence encoders)."),
+        **_help(
+            "Train only the MLM head for this many steps first: for checkpoints without one (sentence encoders).",
+            range=at_least(0),
+        ),
     )
 
     def __post_init__(self) -> None:
+        check_own_ranges(self)
         if self.objective not in OBJECTIVES:
             raise TransferKitError(
                 f"objective must be one of {OBJECTIVES} (masked or causal LM), got {self.objective!r}."
@@ -211,14 +250,7 @@ class MLMArguments:
         changed = [name for name in MLM_ONLY if getattr(self, name) != self.__dataclass_fields__[name].default]
         if self.objective == "clm" and changed:
             raise TransferKitError(f"{', '.join(changed)} only apply to objective: mlm; remove them for clm.")
-        if not 0 < self.mlm_probability < 1:
-            raise TransferKitError(f"mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}.")
-        for name in ("mask_replace_prob", "random_replace_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise TransferKitError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise TransferKitError("mask_replace_prob + random_replace_prob must not exceed 1.")
         if self.line_by_line and self.sentence_chunks:
             raise TransferKitError("line_by_line and sentence_chunks exclude each other: choose one.")
-        if self.head_warmup_steps < 0:
-            raise TransferKitError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}.")

@@ -8,9 +8,12 @@ loaded, with a message that names the key, the file and the fix.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import difflib
 import os
 import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +22,32 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from transferkit.errors import TransferKitError
+from transferkit.implied import settle
+from transferkit.ranges import check_ranges, option_range
 
 CONFIG_HELP = "YAML file whose keys set the defaults; flags given on the command line override them."
 
 
+class RangedArgumentParser(HfArgumentParser):
+    """HfArgumentParser, where a field's `range` metadata (transferkit.ranges) goes into its help, not to argparse,
+    which takes every other metadata key as an `add_argument` keyword."""
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+        allowed = option_range(field)
+        if "range" in field.metadata or allowed is not None:
+            metadata = {key: value for key, value in field.metadata.items() if key != "range"}
+            metadata["help"] = (
+                f"{metadata.get('help', '')} Range: {allowed}.".strip() if allowed else metadata.get("help")
+            )
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(metadata)
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
+
 def build_parser(dataclass_types: Sequence[type], description: str | None = None) -> HfArgumentParser:
     """An HfArgumentParser over the recipe's dataclasses, plus `--config`."""
-    parser = HfArgumentParser(
+    parser = RangedArgumentParser(
         list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help=CONFIG_HELP)
@@ -59,19 +81,38 @@ def parse_config(
     """Parse `argv` (default: sys.argv) into one instance per dataclass.
 
     Precedence, lowest first: the dataclass defaults, the recipe's `defaults`, the `--config` YAML file, the
-    command line.
+    command line. Then what the user's options imply is settled (`transferkit.implied`: `save_steps` alone means
+    `save_strategy: steps`) and every numeric value is checked against its range (`transferkit.ranges`), all before
+    anything is loaded.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(dataclass_types, description)
     if defaults:
         _apply_defaults(parser, _coerce_mapping(parser, defaults, source="recipe defaults"))
+    where: dict[str, str] = {}  # each option the user set -> where: the YAML file or the command line
     config_path = _config_path(argv)
     if config_path is not None:
-        _apply_defaults(parser, load_yaml_config(parser, config_path))
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        from_file = load_yaml_config(parser, config_path)
+        _apply_defaults(parser, from_file)
+        where.update(dict.fromkeys(from_file, config_path))
+    namespace, remaining = parser.parse_known_args(argv)  # --help prints and exits here
     if remaining:
         raise TransferKitError(_unknown_flags_message(parser, remaining))
-    return tuple(parsed[: len(dataclass_types)])  # what follows is the namespace holding --config
+    where.update(dict.fromkeys(parse_overrides(dataclass_types, argv), "command line"))
+    values = settle(vars(namespace), where)
+    check_ranges(dataclass_types, values, where)
+    return tuple(_build(dtype, values) for dtype in dataclass_types)
+
+
+def _build(dtype: type, values: dict[str, Any]) -> Any:
+    """One dataclass from the parsed values (as HfArgumentParser does); its own checks' ValueError is one line."""
+    names = {field.name for field in dataclasses.fields(dtype) if field.init}
+    try:
+        return dtype(**{key: value for key, value in values.items() if key in names})
+    except TransferKitError:
+        raise
+    except ValueError as err:
+        raise TransferKitError(f"{dtype.__name__}: {' '.join(str(err).split())}") from None
 
 
 def parse_overrides(dataclass_types: Sequence[type], argv: Sequence[str], source: str = "command line") -> dict:

@@ -22,6 +22,7 @@ from transformers import BitsAndBytesConfig, PreTrainedModel, Trainer, TrainingA
 from transformers.pytorch_utils import Conv1D
 
 from transferkit.errors import TransferKitError
+from transferkit.ranges import COUNT, above, between, check_own_ranges
 
 logger = logging.getLogger(__name__)
 ALL_LINEAR = "all-linear"
@@ -31,16 +32,20 @@ LABELS_FILE = "label_config.json"  # an adapter folder has no config.json, so a 
 LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id")
 
 
-def _help(text: str) -> dict:
-    return {"metadata": {"help": text}}
+def _help(text: str, **extra) -> dict:
+    return {"metadata": {"help": text, **extra}}
 
 
 @dataclass
 class LoraArguments:
     use_peft: bool = field(default=False, **_help("Train LoRA adapters (PEFT) instead of all the weights."))
-    lora_r: int = field(default=16, **_help("LoRA rank."))
-    lora_alpha: int = field(default=32, **_help("LoRA scaling numerator: updates are scaled by alpha / r."))
-    lora_dropout: float = field(default=0.05, **_help("Dropout on the LoRA input, in [0, 1)."))
+    lora_r: int = field(default=16, **_help("LoRA rank.", range=COUNT))
+    lora_alpha: int = field(
+        default=32, **_help("LoRA scaling numerator: updates are scaled by alpha / r.", range=above(0))
+    )
+    lora_dropout: float = field(
+        default=0.05, **_help("Dropout on the LoRA input.", range=between(0, 1, high_open=True))
+    )
     lora_target_modules: list[str] | None = field(
         default=None, **_help("Modules to adapt, or 'all-linear'. Default: peft's for the model, else all-linear.")
     )
@@ -60,11 +65,7 @@ class LoraArguments:
     load_in_4bit: bool = field(default=False, **_help("QLoRA: load the base model in 4 bits (CUDA + bitsandbytes)."))
 
     def __post_init__(self) -> None:
-        for name in ("lora_r", "lora_alpha"):
-            if getattr(self, name) <= 0:
-                raise TransferKitError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if not 0 <= self.lora_dropout < 1:
-            raise TransferKitError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        check_own_ranges(self)
         if self.lora_target_modules and ALL_LINEAR in self.lora_target_modules and len(self.lora_target_modules) > 1:
             raise TransferKitError("lora_target_modules takes 'all-linear' alone or a list of module names.")
         changed = [f.name for f in fields(self)[1:] if getattr(self, f.name) != f.default]  # all defaults are plain

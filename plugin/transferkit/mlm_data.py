@@ -190,15 +190,17 @@ def _mask_batch(batch: dict, indices: list[int], mask_id: int, vocab_size: int) 
 class MLMCollator:
     """Masks training batches on the fly; pads evaluation batches, whose masks are already fixed (labels present)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_args: MLMArguments) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_args: MLMArguments, pad_to: int | None = None) -> None:
+        # No example is longer than max_seq_length, so padding to a multiple of it pads every batch to exactly it.
         self.train_collator = DataCollatorForLanguageModeling(
             tokenizer,
             mlm_probability=mlm_args.mlm_probability,
             mask_replace_prob=mlm_args.mask_replace_prob,
             random_replace_prob=mlm_args.random_replace_prob,
             whole_word_mask=mlm_args.whole_word_mask,
+            pad_to_multiple_of=pad_to,
         )
-        self.eval_collator = DataCollatorForTokenClassification(tokenizer)
+        self.eval_collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to)
 
     def __call__(self, features: list[dict]) -> dict:
         if "labels" in features[0]:
@@ -213,13 +215,14 @@ class CLMCollator:
     DataCollatorForLanguageModeling(mlm=False) would also drop every real EOS (the document ends) from the targets.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to: int | None = None) -> None:
+        self.tokenizer, self.pad_to = tokenizer, pad_to
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.tokenizer.pad(
             [{key: feature[key] for key in CLM_KEYS} for feature in features],
-            padding=True,
+            padding="max_length" if self.pad_to else True,
+            max_length=self.pad_to,
             padding_side="right",  # GPT-2's positions are absolute: left pads would shift them
             return_tensors="pt",
         )
@@ -227,9 +230,11 @@ class CLMCollator:
         return batch
 
 
-def lm_collator(tokenizer: PreTrainedTokenizerBase, mlm_args: MLMArguments) -> MLMCollator | CLMCollator:
-    """The collator of the chosen objective."""
-    return CLMCollator(tokenizer) if mlm_args.objective == "clm" else MLMCollator(tokenizer, mlm_args)
+def lm_collator(
+    tokenizer: PreTrainedTokenizerBase, mlm_args: MLMArguments, pad_to: int | None = None
+) -> MLMCollator | CLMCollator:
+    """The collator of the chosen objective; `pad_to` (pad_to_max_length) pads every batch to that length."""
+    return CLMCollator(tokenizer, pad_to) if mlm_args.objective == "clm" else MLMCollator(tokenizer, mlm_args, pad_to)
 
 
 def next_token_accuracy(eval_pred: Any) -> dict[str, float]:

@@ -1,0 +1,190 @@
+"""Options as users of transformers' example scripts write them: ranges checked where the config is read, settings
+that an option implies (save_steps -> steps), do_train / do_eval / do_predict honoured, pad_to_max_length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipes import classify, mlm
+from tests.tiny import write_templated_corpus
+from transferkit.config import parse_config
+from transferkit.errors import TransferKitError
+from transferkit.ranges import TRAINING_ARGUMENT_RANGES, numeric_fields, option_range
+
+# Paths that do not exist: an error about a range (and not about them) shows that nothing was loaded first.
+NOTHING = ["--model_name_or_path", "no/such-model", "--train_file", "no_such_file.csv", "--output_dir", "unused"]
+
+
+@pytest.mark.parametrize("recipe", [classify, mlm])
+def test_every_numeric_option_has_a_range_and_its_default_is_in_it(recipe):
+    fields = numeric_fields(recipe.ARGUMENT_TYPES)
+    assert {"learning_rate", "per_device_train_batch_size", "max_seq_length", "lora_dropout"} <= {
+        f.name for f in fields
+    }
+    missing = [field.name for field in fields if option_range(field) is None]
+    assert not missing, f"numeric options without a range: {missing}"
+    for field in fields:
+        if field.name in TRAINING_ARGUMENT_RANGES or field.default is None:
+            continue
+        assert field.default in option_range(field), field.name
+
+
+BAD_VALUES = [
+    ("learning_rate", "-0.001", ">= 0"),
+    ("per_device_train_batch_size", "0", ">= 1"),
+    ("gradient_accumulation_steps", "0", ">= 1"),
+    ("num_train_epochs", "0", "> 0"),
+    ("max_steps", "0", "-1 or >= 1"),
+    ("warmup_steps", "-5", ">= 0"),
+    ("weight_decay", "-0.1", ">= 0"),
+    ("adam_beta2", "1.0", ">= 0 and < 1"),
+    ("adam_epsilon", "0", "> 0"),
+    ("max_grad_norm", "-1", ">= 0"),
+    ("label_smoothing_factor", "1", ">= 0 and < 1"),
+    ("save_steps", "0", "> 0"),
+    ("save_total_limit", "0", ">= 1"),
+    ("seed", "-1", ">= 0 and <= 4294967295"),
+    ("dataloader_num_workers", "-2", ">= 0"),
+    ("max_seq_length", "4", ">= 8"),
+    ("validation_split_percentage", "100", ">= 0 and < 100"),
+    ("max_train_samples", "0", ">= 1"),
+    ("preprocessing_num_workers", "0", ">= 1"),
+    ("head_warmup_steps", "-1", ">= 0"),
+    ("early_stopping_patience", "0", ">= 1"),
+    ("lora_dropout", "1.5", ">= 0 and < 1"),
+    ("lora_r", "0", ">= 1"),
+    ("min_free_disk_gb", "-1", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("name, value, allowed", BAD_VALUES)
+def test_a_value_out_of_range_stops_before_anything_loads(name, value, allowed):
+    with pytest.raises(TransferKitError) as caught:
+        classify.main([*NOTHING, f"--{name}", value])
+    message = str(caught.value)
+    assert message.startswith(f"{name} must be {allowed}, got ") and "(command line)" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "name, value", [("mlm_probability", "0"), ("mlm_probability", "1"), ("random_replace_prob", "-0.1")]
+)
+def test_mlm_probabilities_out_of_range(name, value):
+    with pytest.raises(TransferKitError, match=f"^{name} must be "):
+        mlm.main([*NOTHING, f"--{name}", value])
+
+
+def test_the_message_names_the_yaml_file_that_set_the_value(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: -1\n")
+    with pytest.raises(TransferKitError, match=rf"learning_rate must be >= 0, got -1.0 \({config}\)"):
+        classify.main([*NOTHING, "--config", str(config)])
+
+
+def test_values_at_the_edges_are_accepted():
+    *_, training = parse_config(
+        classify.ARGUMENT_TYPES,
+        [*NOTHING, "--learning_rate", "0", "--max_steps", "-1", "--adam_beta1", "0", "--warmup_steps", "0.1"],
+        defaults=classify.DEFAULTS,
+    )
+    assert training.learning_rate == 0 and training.warmup_steps == 0.1
+
+
+def parse(*extra: str, recipe=classify):
+    return parse_config(recipe.ARGUMENT_TYPES, [*NOTHING, *extra], defaults=recipe.DEFAULTS)
+
+
+def test_save_steps_alone_means_the_steps_strategy():
+    *_, training = parse("--save_steps", "8")
+    assert training.save_strategy == "steps" and training.save_steps == 8
+    *_, training = parse("--eval_steps", "4")
+    assert training.eval_strategy == "steps" and training.eval_steps == 4
+    *_, training = parse()  # the recipe's own default stays when the user sets no interval
+    assert training.save_strategy == "epoch" and training.eval_strategy == "epoch"
+
+
+def test_save_steps_under_an_epoch_strategy_the_user_set_is_an_error(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("save_strategy: epoch\n")
+    with pytest.raises(
+        TransferKitError, match=r"save_steps 8 \(command line\) has no effect under save_strategy epoch"
+    ):
+        parse("--config", str(config), "--save_steps", "8")
+
+
+def test_do_eval_false_evaluates_nothing_and_keeps_every_training_row():
+    _, data, *_, training = parse("--do_eval", "false")
+    assert training.eval_strategy == "no" and training.do_eval is False
+    assert data.validation_split_percentage == 0
+    _, data, *_, training = parse("--do_eval", "false", "--validation_split_percentage", "20")
+    assert data.validation_split_percentage == 20  # the user's own value stays
+    with pytest.raises(TransferKitError, match="do_eval false .* contradicts eval_strategy steps"):
+        parse("--do_eval", "false", "--eval_strategy", "steps")
+
+
+def test_do_train_false_is_refused_with_what_to_do_instead():
+    with pytest.raises(TransferKitError, match="do_train false: the recipes always train.*pipeline"):
+        classify.main([*NOTHING, "--do_train", "false"])
+
+
+def test_the_mlm_recipe_refuses_do_predict():
+    with pytest.raises(TransferKitError, match="do_predict: the mlm recipe predicts nothing"):
+        mlm.main([*NOTHING, "--do_predict"])
+
+
+def test_text_column_names_take_the_example_scripts_comma_form(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("text_column_names: sentence1,sentence2\n")
+    for extra in (["--text_column_names", "sentence1,sentence2"], ["--config", str(config)]):
+        _, data, *_ = parse(*extra)
+        assert data.text_column_names == ["sentence1", "sentence2"]
+
+
+def run_classify(tiny_bert, reviews_csv, out, *extra: str) -> None:
+    classify.main(
+        [
+            "--model_name_or_path", tiny_bert, "--train_file", reviews_csv, "--output_dir", str(out),
+            "--max_train_samples", "48", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
+            "--test_split_percentage", "10", "--max_seq_length", "32", "--report_to", "none", "--disable_tqdm", "true",
+            *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_phases_and_save_steps_take_effect_in_a_run(tiny_bert, reviews_csv, tmp_path):
+    out = tmp_path / "steps"
+    run_classify(tiny_bert, reviews_csv, out, "--save_steps", "2", "--save_total_limit", "10")
+    checkpoints = sorted(path.name for path in out.glob("checkpoint-*"))
+    assert checkpoints[:2] == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "eval_results.json").is_file() and (out / "predictions.csv").is_file()
+
+    out = tmp_path / "no-eval-no-predict"
+    run_classify(tiny_bert, reviews_csv, out, "--do_eval", "false", "--do_predict", "false")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert not any(key.startswith("eval_") for entry in history for key in entry)
+    assert not (out / "eval_results.json").exists() and not (out / "predictions.csv").exists()
+    assert (out / "model.safetensors").is_file()
+
+
+def test_pad_to_max_length_pads_every_batch_to_max_seq_length(tiny_bert, tmp_path, monkeypatch):
+    shapes = []
+    original = mlm.MLMTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        shapes.append(tuple(inputs["input_ids"].shape))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(mlm.MLMTrainer, "compute_loss", recording)
+    corpus = write_templated_corpus(str(tmp_path / "corpus.txt"), lines=40)
+    common = [
+        "--model_name_or_path", tiny_bert, "--train_file", corpus, "--line_by_line", "--max_seq_length", "48",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
+        "--do_eval", "false",
+    ]  # fmt: skip
+    mlm.main([*common, "--output_dir", str(tmp_path / "dynamic")])
+    assert all(length < 48 for _, length in shapes)  # short lines: each batch padded to its longest
+    shapes.clear()
+    mlm.main([*common, "--output_dir", str(tmp_path / "fixed"), "--pad_to_max_length"])
+    assert shapes and all(length == 48 for _, length in shapes)
