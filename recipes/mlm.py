@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true has no length to count epochs in (the stream repeats): set max_steps.")
+    if data_args.text_column_delimiter is not None:
+        raise TransferKitError(
+            "text_column_delimiter: the mlm recipe reads each text column as its own text; remove it."
+        )
     if training_args.do_predict:
         raise TransferKitError("do_predict: the mlm recipe predicts nothing (it has no test split); remove do_predict.")
     training_args, start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)

@@ -258,15 +258,18 @@ def write_tapt_corpus(classify_keys: dict, output_dir: str) -> str:
     if os.path.isfile(path):
         return path
     data_keys = {key: value for key, value in classify_keys.items() if key in DataArguments.__dataclass_fields__}
+    data_args = DataArguments(**data_keys)
     splits, text_columns, _ = load_classification_splits(
-        DataArguments(**data_keys),
+        data_args,
         ModelArguments(model_name_or_path="unused"),
         classify_keys.get("problem_type"),
         classify_keys.get("seed", 42),
     )
+    delimiter = data_args.text_column_delimiter or " "
     with open(path + ".partial", "w", encoding="utf-8") as handle:
         for row in splits["train"].select_columns(text_columns):
-            handle.write(json.dumps({"text": " ".join(str(row[column]) for column in text_columns)}) + "\n")
+            sides = (str(row[column]) for column in text_columns if row[column] is not None)
+            handle.write(json.dumps({"text": delimiter.join(side for side in sides if side.strip())}) + "\n")
     os.replace(path + ".partial", path)
     logger.info("TAPT corpus: %d training texts written to %s", len(splits["train"]), path)
     return path

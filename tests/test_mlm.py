@@ -190,6 +190,32 @@ def test_decoder_model_is_refused(tmp_path, corpus):
         main(run_args(str(tmp_path / "gpt2"), corpus, tmp_path / "bad"))
 
 
+def test_a_checkpoint_without_the_mlm_head_gets_one_message(tmp_path, caplog, monkeypatch):
+    """A bare BertModel loads with a new MLM head: TransferKit's one warning, not transformers' loading report and
+    its 'checkpoint seem corrupted' (tied decoder bias) next to it."""
+    import logging
+    import warnings
+
+    from transformers import BertModel
+
+    from tests.tiny import tiny_bert_config
+    from transferkit.arguments import ModelArguments
+    from transferkit.models import load_language_model
+
+    BertModel(tiny_bert_config(len(build_tokenizer()))).save_pretrained(tmp_path / "bare")
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)  # caplog listens at the root logger
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_language_model(ModelArguments(model_name_or_path=str(tmp_path / "bare")), "mlm")
+    shown = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(shown) == 1, shown
+    assert "no trained MLM head" in shown[0] and "cls.predictions.decoder.bias" in shown[0]
+    assert "head_warmup_steps" in shown[0]
+    assert not [str(warning.message) for warning in caught]
+    assert "cls.predictions.decoder.bias" in model.transferkit_missing_keys
+    assert logging.getLogger("transformers").propagate  # the library logger is as it was
+
+
 @pytest.mark.slow
 def test_two_process_run(tiny_bert, corpus, tmp_path):
     result = launch_two_processes(

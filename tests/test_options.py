@@ -125,13 +125,25 @@ def test_do_eval_false_evaluates_nothing_and_keeps_every_training_row():
 
 
 def test_do_train_false_is_refused_with_what_to_do_instead():
-    with pytest.raises(TransferKitError, match="do_train false: the recipes always train.*pipeline"):
-        classify.main([*NOTHING, "--do_train", "false"])
+    for extra in (["--do_train", "false"], ["--do_eval"]):  # --do_eval alone: the example scripts would only evaluate
+        with pytest.raises(TransferKitError, match="do_train is off: the recipes always train.*pipeline"):
+            classify.main([*NOTHING, *extra])
+
+
+def test_phases_not_asked_for_are_off_as_in_the_example_scripts():
+    *_, training = parse("--do_train", "--do_eval")
+    assert (training.do_train, training.do_eval, training.do_predict) == (True, True, False)
+    _, data, *_, training = parse("--do_train")
+    assert training.do_eval is False and training.eval_strategy == "no" and data.validation_split_percentage == 0
+    *_, training = parse("--do_train", "--eval_strategy", "steps", "--eval_steps", "5")
+    assert training.do_eval is True and training.eval_strategy == "steps"  # TrainingArguments' own rule
+    *_, training = parse()
+    assert (training.do_train, training.do_eval, training.do_predict) == (True, True, True)
 
 
 def test_the_mlm_recipe_refuses_do_predict():
     with pytest.raises(TransferKitError, match="do_predict: the mlm recipe predicts nothing"):
-        mlm.main([*NOTHING, "--do_predict"])
+        mlm.main([*NOTHING, "--do_train", "--do_predict"])
 
 
 def test_text_column_names_take_the_example_scripts_comma_form(tmp_path):
@@ -188,3 +200,63 @@ def test_pad_to_max_length_pads_every_batch_to_max_seq_length(tiny_bert, tmp_pat
     shapes.clear()
     mlm.main([*common, "--output_dir", str(tmp_path / "fixed"), "--pad_to_max_length"])
     assert shapes and all(length == 48 for _, length in shapes)
+
+
+def test_text_column_delimiter_joins_any_number_of_columns_into_one_text(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from transferkit.preprocess import _tokenize_batch
+
+    _, data, *_ = parse("--text_column_names", "title,body,category", "--text_column_delimiter", "\\n")
+    assert data.text_column_names == ["title", "body", "category"] and data.text_column_delimiter == "\n"
+    with pytest.raises(TransferKitError, match="to join more into one text, set text_column_delimiter"):
+        parse("--text_column_names", "title,body,category")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = {"title": ["great"], "body": [None], "category": ["film"]}
+    joined = _tokenize_batch(batch, tokenizer, ["title", "body", "category"], 32, delimiter=" ")
+    assert joined["input_ids"] == tokenizer(["great film"])["input_ids"]  # one text; the empty side left out
+    with pytest.raises(TransferKitError, match="text_column_delimiter: the mlm recipe reads each text column"):
+        mlm.main([*NOTHING, "--text_column_delimiter", " "])
+
+
+def test_shuffle_train_dataset_takes_a_seeded_random_subset(reviews_csv):
+    from transferkit.arguments import ModelArguments
+    from transferkit.data import load_classification_splits
+
+    def train_texts(*extra: str) -> list[str]:
+        _, data, *_ = parse("--train_file", reviews_csv, "--max_train_samples", "10", *extra)
+        splits, _, _ = load_classification_splits(data, ModelArguments(model_name_or_path="unused"), None, 42)
+        return splits["train"]["text"]
+
+    first = train_texts()
+    shuffled = train_texts("--shuffle_train_dataset")
+    assert shuffled != first and shuffled == train_texts("--shuffle_train_dataset")
+    assert shuffled != train_texts("--shuffle_train_dataset", "--shuffle_seed", "7")
+
+
+def test_remove_splits_names_a_split_that_is_not_there(reviews_csv):
+    from transferkit.arguments import ModelArguments
+    from transferkit.data import load_classification_splits
+
+    _, data, *_ = parse("--train_file", reviews_csv, "--test_file", reviews_csv, "--remove_splits", "test")
+    splits, _, _ = load_classification_splits(data, ModelArguments(model_name_or_path="unused"), None, 42)
+    assert "test" not in splits
+    _, data, *_ = parse("--train_file", reviews_csv, "--remove_splits", "unused")
+    with pytest.raises(TransferKitError, match="remove_splits: the dataset has no split 'unused' \\(splits: train\\)"):
+        load_classification_splits(data, ModelArguments(model_name_or_path="unused"), None, 42)
+
+
+def test_ignore_mismatched_sizes_starts_from_a_classifier_with_other_labels(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from transferkit.arguments import ModelArguments
+    from transferkit.labels import LabelSpec
+    from transferkit.models import load_classifier
+
+    three = str(tmp_path / "three-labels")
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3).save_pretrained(three)
+    spec = LabelSpec(problem_type="single_label_classification", names=("neg", "pos"))
+    with pytest.raises(TransferKitError, match="shapes do not match .* set ignore_mismatched_sizes: true"):
+        load_classifier(ModelArguments(model_name_or_path=three), spec)
+    model = load_classifier(ModelArguments(model_name_or_path=three, ignore_mismatched_sizes=True), spec)
+    assert model.config.num_labels == 2

@@ -18,6 +18,10 @@ def _help(text: str, **extra) -> dict:
     return {"metadata": {"help": text, **extra}}
 
 
+def _comma_separated(names: list[str] | None) -> list[str] | None:
+    return names and [name.strip() for item in names for name in item.split(",") if name.strip()]
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(**_help("Hub id or local folder of the pretrained model to start from."))
@@ -26,6 +30,12 @@ class ModelArguments:
     cache_dir: str | None = field(default=None, **_help("Where downloaded models and datasets are cached."))
     trust_remote_code: bool = field(
         default=False, **_help("Run code shipped inside a Hub repo. Off: only enable it for repos you trust.")
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        **_help(
+            "Start from a classifier finetuned on other labels: its head, whose size does not match, is built anew."
+        ),
     )
     allow_pickle_weights: bool = field(
         default=False,
@@ -65,7 +75,24 @@ class DataArguments:
             "Default: 'text', 'sentence1 sentence2' or 'sentence'."
         ),
     )
+    text_column_delimiter: str | None = field(
+        default=None,
+        **_help(
+            "Join the text columns into one text with this delimiter (transformers' run_classification.py does, with "
+            "any number of columns; escapes such as \\n are read as the character). Unset: one column, or two "
+            "encoded as a text pair."
+        ),
+    )
     label_column_name: str = field(default="label", **_help("Column holding the labels."))
+    remove_splits: list[str] | None = field(
+        default=None,
+        **_help("Splits of a Hub dataset not to use, by name or comma-separated (train, validation, test are read)."),
+    )
+    shuffle_train_dataset: bool = field(
+        default=False,
+        **_help("Shuffle the training rows before max_train_samples keeps the first ones: a random subset."),
+    )
+    shuffle_seed: int = field(default=42, **_help("Seed of shuffle_train_dataset.", range=between(0, 2**32 - 1)))
     drop_duplicates: bool = field(
         default=False, **_help("Drop rows whose text repeats an earlier row, before any split is carved.")
     )
@@ -96,11 +123,16 @@ class DataArguments:
             raise TransferKitError("No training data: set dataset_name (a Hub dataset) or train_file (local files).")
         if self.validation_split_percentage + self.test_split_percentage >= 100:
             raise TransferKitError("validation_split_percentage + test_split_percentage must stay below 100.")
-        if self.text_column_names is not None:  # transformers' run_classification.py takes "sentence1,sentence2"
-            self.text_column_names = [name.strip() for item in self.text_column_names for name in item.split(",")]
-        if self.text_column_names is not None and not 1 <= len(self.text_column_names) <= 2:
+        # transformers' run_classification.py takes "sentence1,sentence2" and "\n" typed in a shell
+        self.text_column_names = _comma_separated(self.text_column_names)
+        self.remove_splits = _comma_separated(self.remove_splits)
+        if self.text_column_delimiter is not None:
+            escaped = self.text_column_delimiter.encode("latin-1", "backslashreplace")  # keeps non-ASCII as it is
+            self.text_column_delimiter = escaped.decode("unicode_escape")
+        elif self.text_column_names is not None and not 1 <= len(self.text_column_names) <= 2:
             raise TransferKitError(
-                f"text_column_names takes one column or two (a text pair), got {self.text_column_names}."
+                f"text_column_names takes one column or two (a text pair), got {self.text_column_names}; to join "
+                "more into one text, set text_column_delimiter (e.g. ' ')."
             )
 
 

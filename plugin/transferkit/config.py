@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from transferkit.errors import TransferKitError
+from transferkit.example_scripts import not_taken_message
 from transferkit.implied import settle
 from transferkit.ranges import check_ranges, option_range
 
@@ -227,6 +228,8 @@ def _apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any]) -> 
 
 
 def _unknown_key_message(key: str, valid: list[str], source: str) -> str:
+    if not_taken := not_taken_message(key, source):
+        return not_taken
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else " Run the recipe with --help to list every option."
     return f"{source}: unknown key '{key}'.{hint}"

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 
-from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict, concatenate_datasets, load_dataset
 
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.errors import TransferKitError
@@ -325,6 +325,10 @@ def carve_splits(raw: DatasetDict, data_args: DataArguments, seed: int, stratify
 
 
 def limit_samples(splits: DatasetDict, data_args: DataArguments) -> DatasetDict:
+    """Keep the first max_*_samples rows of each split; `shuffle_train_dataset` shuffles train first (a random
+    subset, as run_classification.py takes it)."""
+    if data_args.shuffle_train_dataset and "train" in splits:
+        splits["train"] = splits["train"].shuffle(seed=data_args.shuffle_seed)
     limits = {
         "train": data_args.max_train_samples,
         "validation": data_args.max_eval_samples,
@@ -345,27 +349,112 @@ def check_not_empty(splits: DatasetDict) -> None:
             )
 
 
-def drop_empty_texts(splits: DatasetDict, text_columns: list[str]) -> DatasetDict:
-    """Drop rows whose text is missing or blank: they carry nothing to learn and break pair encoding."""
+def drop_empty_texts(splits: DatasetDict, text_columns: list[str], predicted: tuple[str, ...] = ()) -> DatasetDict:
+    """Drop the rows with no text at all (every text column missing or blank), with a count naming the split.
+
+    Such a row teaches nothing, and scoring a guess made from no text would only blur the validation metrics (it
+    measures the class prior, not the model's reading), so train and validation lose it. A row with one empty side
+    of a text pair is kept: an empty side is valid input (a review without its `condition`), encoded as "".
+    The `predicted` splits (test) keep every row in its place, since predictions.csv lines up with the input row by
+    row: a predicted split with no text in any row is an error instead (nothing to predict: a wrong column?).
+    """
     cleaned = {}
     for name, split in splits.items():
-        kept = split.filter(_has_text, batched=True, fn_kwargs={"columns": text_columns}, desc=f"Checking {name} texts")
+        if name in predicted:
+            _check_some_text(split, text_columns, name)
+            cleaned[name] = split
+            continue
+        kept = split.filter(has_text, batched=True, fn_kwargs={"columns": text_columns}, desc=f"Checking {name} texts")
         if len(kept) < len(split):
-            logger.warning("Dropped %d rows of the %s split with an empty text.", len(split) - len(kept), name)
+            logger.warning(
+                "Dropped %d rows of the %s split with an empty text (no text in %s).",
+                len(split) - len(kept),
+                name,
+                " or ".join(text_columns),
+            )
         cleaned[name] = kept
     return DatasetDict(cleaned)
 
 
-def _has_text(batch: dict, columns: list[str]) -> list[bool]:
+def has_text(batch: dict, columns: list[str]) -> list[bool]:
+    """Per row of a batch: does any of `columns` hold text (not None, not only whitespace)?"""
     rows = zip(*(batch[column] for column in columns))
-    return [all(text is not None and str(text).strip() for text in row) for row in rows]
+    return [any(text is not None and str(text).strip() for text in row) for row in rows]
+
+
+def rows_with_text(dataset: Dataset, columns: list[str]) -> list[int]:
+    """The indices of the rows that hold some text, in order (whole columns read at once, as in
+    `drop_duplicate_texts`)."""
+    flags = has_text({column: dataset[column][:] for column in columns}, columns)
+    return [index for index, flag in enumerate(flags) if flag]
+
+
+def _check_some_text(split: Dataset, columns: list[str], name: str) -> None:
+    if len(split) and not rows_with_text(split, columns):
+        raise TransferKitError(
+            f"The {name} split has no text in any row ({', '.join(columns)} are empty): nothing to predict. "
+            "Check the file and text_column_names."
+        )
+
+
+def set_aside_unlabelled_blank_rows(
+    split: Dataset, label_column: str, text_columns: list[str]
+) -> tuple[Dataset, Dataset, list[int]]:
+    """Split off the rows with neither text nor label (a spreadsheet export's trailing ",,"): (the other rows, the
+    rows set aside, their positions).
+
+    The label rules (labels.py) need a label in every row of a labelled split; these rows are neither predicted nor
+    scored, so they skip those rules and come back, label None, with `restore_rows`.
+    """
+    labels = split[label_column][:]
+    flags = has_text({column: split[column][:] for column in text_columns}, text_columns)
+    aside = [index for index, (label, flag) in enumerate(zip(labels, flags)) if not flag and label in (None, "")]
+    if not aside:
+        return split, split.select([]), []
+    aside_set = set(aside)
+    kept = [index for index in range(len(split)) if index not in aside_set]
+    return split.select(kept), split.select(aside), aside
+
+
+def restore_rows(encoded: Dataset, aside: Dataset, positions: list[int], label_column: str) -> Dataset:
+    """`encoded` (labels encoded) with the rows of `set_aside_unlabelled_blank_rows` back at `positions`, label
+    None (a null in Arrow, whatever the label feature)."""
+    if not positions:
+        return encoded
+    blank = aside.remove_columns(label_column).add_column("label", [None] * len(aside))
+    blank = blank.select_columns(encoded.column_names).cast(encoded.features)
+    total = len(encoded) + len(blank)
+    placed = set(positions)
+    # Row i of the concatenation sits at order[i] in the input; select by the inverse to put every row back.
+    order = [index for index in range(total) if index not in placed] + list(positions)
+    return concatenate_datasets([encoded, blank]).select(sorted(range(total), key=order.__getitem__))
+
+
+def encode_every_test_row(
+    raw: DatasetDict, label_column: str, text_columns: list[str], problem_type: str | None
+) -> tuple[DatasetDict, LabelSpec]:
+    """`infer_label_spec` and `encode_labels`, with a labelled test split's rows that have neither text nor label
+    kept in place (label None): they are not predicted, and no label rule applies to them."""
+    aside, positions = None, []
+    if "test" in raw and label_column in raw["test"].column_names:
+        raw = DatasetDict(raw)
+        raw["test"], aside, positions = set_aside_unlabelled_blank_rows(raw["test"], label_column, text_columns)
+    spec = infer_label_spec(raw, label_column, problem_type)
+    encoded = encode_labels(raw, spec, label_column)
+    if positions:
+        encoded["test"] = restore_rows(encoded["test"], aside, positions, label_column)
+    return encoded, spec
 
 
 def load_classification_splits(
     data_args: DataArguments, model_args: ModelArguments, problem_type: str | None, seed: int
 ) -> tuple[DatasetDict, list[str], LabelSpec]:
-    """Load, check and encode the data: train / validation (/ test) splits with a 'label' column, and its spec."""
-    raw = used_splits(load_raw_datasets(data_args, model_args))
+    """Load, check and encode the data: train / validation (/ test) splits with a 'label' column, and its spec.
+
+    Train and validation lose the rows with no text at all (`drop_empty_texts`); a test split keeps every row, in
+    input order, up to max_test_samples (counted in input rows), so its predictions line up with the input file.
+    """
+    raw = used_splits(without_removed_splits(load_raw_datasets(data_args, model_args), data_args.remove_splits))
     raw = drop_missing_class_labels(raw, data_args.label_column_name)
     text_columns = resolve_text_columns(raw["train"].column_names, data_args.text_column_names)
     for name, split in raw.items():
@@ -373,17 +462,25 @@ def load_classification_splits(
         if data_args.label_column_name in split.column_names:  # before rows are dropped, so row numbers are the file's
             source = data_args.dataset_name or getattr(data_args, f"{name}_file", None) or ""
             check_labels_present(split, data_args.label_column_name, name, text_columns, source)
-    raw = drop_empty_texts(raw, text_columns)
+    raw = drop_empty_texts(raw, text_columns, predicted=("test",))
     check_not_empty(raw)
     if data_args.drop_duplicates:
         raw["train"] = drop_duplicate_texts(raw["train"], text_columns)
-    spec = infer_label_spec(raw, data_args.label_column_name, problem_type)
-    splits = carve_splits(encode_labels(raw, spec, data_args.label_column_name), data_args, seed, "label")
+    encoded, spec = encode_every_test_row(raw, data_args.label_column_name, text_columns, problem_type)
+    splits = carve_splits(encoded, data_args, seed, "label")
     splits = limit_samples(splits, data_args)
     check_not_empty(splits)
     if "validation" in splits and "label" not in splits["validation"].column_names:
         raise TransferKitError(f"The validation split has no '{data_args.label_column_name}' column to score against.")
     return splits, text_columns, spec
+
+
+def without_removed_splits(raw: DatasetDict, names: list[str] | None) -> DatasetDict:
+    """The dataset without the splits named in `remove_splits` (a name that is no split is an error: a typo)."""
+    unknown = [name for name in names or [] if name not in raw]
+    if unknown:
+        raise TransferKitError(f"remove_splits: the dataset has no split '{unknown[0]}' (splits: {', '.join(raw)}).")
+    return type(raw)({name: split for name, split in raw.items() if name not in (names or [])})
 
 
 def used_splits(raw: DatasetDict) -> DatasetDict:
@@ -427,8 +524,14 @@ def _held_out(row: dict, columns: list[str], percentage: int) -> bool:
 def load_corpus_splits(
     data_args: DataArguments, model_args: ModelArguments, streaming: bool, seed: int
 ) -> tuple[DatasetDict | IterableDatasetDict, list[str]]:
-    """Unlabelled text for MLM: train and validation splits (carved, or streamed off the head of train)."""
+    """Unlabelled text for MLM: train and validation splits (carved, or streamed off the head of train).
+
+    Rows with no text at all are dropped with a count (nothing is predicted per row here); a row with one empty
+    column keeps its other one (mlm_data reads each column's text as a document). A stream is not filtered: the
+    tokenizing step skips its empty texts.
+    """
     raw = load_raw_datasets(data_args, model_args, extensions=tuple(FORMATS), streaming=streaming)
+    raw = without_removed_splits(raw, data_args.remove_splits)
     if "train" not in raw:
         raise TransferKitError(f"The dataset has no train split (splits: {', '.join(raw)}). Give train_file.")
     train = raw["train"]

@@ -18,10 +18,11 @@ logger = logging.getLogger(__name__)
 # An interval only counts under the `steps` strategy (TrainingArguments docs: save_steps, eval_steps, logging_steps).
 STEP_INTERVALS = {"save_steps": "save_strategy", "eval_steps": "eval_strategy", "logging_steps": "logging_strategy"}
 
+PHASES = ("do_train", "do_eval", "do_predict")
 NO_EVALUATE_ONLY = (
-    "do_train false: the recipes always train; there is no evaluate- or predict-only mode. To predict with a "
+    "do_train is off: the recipes always train; there is no evaluate- or predict-only mode. To predict with a "
     "trained model, load its output_dir with transformers' pipeline('text-classification', model=...); to train, "
-    "remove do_train false."
+    "set do_train (or none of do_train, do_eval, do_predict)."
 )
 
 
@@ -51,15 +52,28 @@ def _step_intervals(values: dict[str, Any], where: dict[str, str]) -> None:
 
 
 def _phases(values: dict[str, Any], where: dict[str, str]) -> None:
-    """do_train / do_eval / do_predict, with the example scripts' meaning; the recipes' defaults set all three."""
-    if "do_train" in where and values.get("do_train") is False:
+    """do_train / do_eval / do_predict with the example scripts' meaning. The recipes' defaults set all three (train,
+    evaluate when there is a validation split, predict when there is a test split); once the user asks for a phase,
+    the ones not asked for are off, as there."""
+    asked = [name for name in PHASES if name in where and name in values]
+    if not asked:
+        return
+    if any(values[name] for name in asked):
+        for name in PHASES:
+            if name in values and name not in where:
+                values[name] = False
+    if values.get("do_train") is False:
         raise TransferKitError(NO_EVALUATE_ONLY)
-    if "do_eval" in where and values.get("do_eval") is False:
-        if "eval_strategy" in where and _word(values["eval_strategy"]) != "no":
+    if values.get("do_eval") is not False or "eval_strategy" not in values:
+        return
+    if "eval_strategy" in where and _word(values["eval_strategy"]) != "no":
+        if "do_eval" in where:
             raise TransferKitError(
                 f"do_eval false ({where['do_eval']}) contradicts eval_strategy {_word(values['eval_strategy'])} "
                 f"({where['eval_strategy']}): remove one of them."
             )
-        values["eval_strategy"] = "no"
-        if "validation_split_percentage" in values and "validation_split_percentage" not in where:
-            values["validation_split_percentage"] = 0  # nothing is evaluated: keep every training row
+        values["do_eval"] = True  # as in TrainingArguments: an eval_strategy other than no evaluates
+        return
+    values["eval_strategy"] = "no"
+    if "validation_split_percentage" in values and "validation_split_percentage" not in where:
+        values["validation_split_percentage"] = 0  # nothing is evaluated: keep every training row

@@ -111,13 +111,15 @@ def check_labels_present(
     source: str = "",
     values: list | None = None,
 ) -> None:
-    """Every row needs a label; rows whose text is blank are not counted (they are dropped with a count)."""
+    """Every row needs a label; rows with no text at all are not counted (they are dropped with a count, or kept
+    unpredicted in a test split); a row with one empty side of a text pair has text, and needs its label."""
     values = split[column][:] if values is None else values
     texts = list(zip(*(split[text][:] for text in text_columns))) if text_columns else [()] * len(values)
     missing = [
         index
         for index, (value, text) in enumerate(zip(values, texts))
-        if (value is None or value == "") and all(item is not None and str(item).strip() for item in text)
+        if (value is None or value == "")
+        and (not text_columns or any(item is not None and str(item).strip() for item in text))
     ]
     if missing:
         where = f" ({source})" if source else ""

@@ -6,6 +6,7 @@ a sigmoid threshold, or the score itself), so that step lives here next to the m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import evaluate
@@ -16,12 +17,22 @@ from transferkit.errors import TransferKitError
 from transferkit.labels import MULTI, REGRESSION, SINGLE
 from transferkit.metric_modules import module_path
 
+logger = logging.getLogger(__name__)
+
 # metric_for_best_model when early stopping needs one and the user named none: (name, greater_is_better)
 BEST_MODEL_METRIC = {SINGLE: ("accuracy", True), MULTI: ("f1_micro", True), REGRESSION: ("mse", False)}
 
 
+# metric_name values of transformers' run_classification.py that the bundled module already reports (its "f1" on
+# multi-label data is the micro average, the bundled f1_micro): computed offline, without fetching them from the Hub.
+BUNDLED_NAMES = {SINGLE: ("accuracy",), MULTI: ("f1", "accuracy"), REGRESSION: ("mse",)}
+
+
 def load_metric(problem_type: str, metric_name: str | None = None) -> evaluate.EvaluationModule:
     """The bundled metric module for `problem_type`, or `metric_name` (a local path or a Hub metric)."""
+    if metric_name in BUNDLED_NAMES[problem_type]:
+        logger.info("metric_name %s: the bundled %s metrics report it.", metric_name, problem_type)
+        metric_name = None
     target = metric_name or module_path(problem_type)
     try:
         # keep_in_memory: no cache files, so several processes computing metrics never share a lock file

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 from transformers import (
     AutoConfig,
@@ -74,6 +76,7 @@ def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedCo
             config=config,
             use_safetensors=None if model_args.allow_pickle_weights else True,
             output_loading_info=True,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
             **_hub_kwargs(model_args),
             **load_kwargs,
         )
@@ -84,6 +87,13 @@ def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedCo
             else " Only safetensors weights are loaded by default; set allow_pickle_weights: true for a trusted .bin."
         )
         raise TransferKitError(f"Could not load the model '{model_args.model_name_or_path}': {err}.{hint}") from None
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):
+            raise
+        raise TransferKitError(
+            f"'{model_args.model_name_or_path}' has weights whose shapes do not match this run's model (a head "
+            "finetuned on other labels?): set ignore_mismatched_sizes: true to build those layers anew."
+        ) from None
     model.transferkit_missing_keys = list(info.get("missing_keys", []))
     # Saved with the config, so the next stage's model card can tell base -> adapted -> finetuned.
     lineage = list(getattr(model.config, "transferkit_lineage", None) or [])
@@ -136,25 +146,101 @@ def _objective_error(name: str, config: PretrainedConfig, objective: str, suppor
 
 def load_language_model(model_args: ModelArguments, objective: str = "mlm", **load_kwargs) -> PreTrainedModel:
     """An AutoModelForMaskedLM ("mlm") or AutoModelForCausalLM ("clm"); a model without that head gets one error
-    naming the objective it does support, before any weights are loaded."""
+    naming the objective it does support, before any weights are loaded.
+
+    A checkpoint without the head (an encoder saved as BertModel, a sentence-embedding model) loads with a new,
+    random head: transformers then logs its loading report and, for the tied decoder bias, "This checkpoint seem
+    corrupted" (transformers 5). Neither is wrong, but next to each other they read as a broken checkpoint, so
+    transformers' records for this load are held and TransferKit says once what is new (`report_new_head`).
+    """
     config = load_config(model_args)
     supported = supported_objectives(config)
     if objective not in supported:
         raise _objective_error(model_args.model_name_or_path, config, objective, supported)
     auto_class = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    model = load_pretrained(auto_class, model_args, config, **load_kwargs)
+    with held_transformers_logs() as held:
+        model = load_pretrained(auto_class, model_args, config, **load_kwargs)
+    report_new_head(model, objective, held)
     if objective == "mlm":
         mark_loss_as_per_batch_mean(model)
-    if model.transferkit_missing_keys:
-        logger.warning(
-            "The checkpoint has no trained %s head (%d weights newly initialised, e.g. %s): a sentence-embedding "
-            "model? Early losses will be high%s.",
-            objective.upper(),
-            len(model.transferkit_missing_keys),
-            model.transferkit_missing_keys[0],
-            "; set head_warmup_steps to train the head alone first" if objective == "mlm" else "",
-        )
     return model
+
+
+class _Held(logging.Handler):
+    """Keeps the records it is given, to be dropped or passed on later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_transformers_logs() -> Iterator[list[logging.LogRecord]]:
+    """Hold what transformers logs meanwhile (its library logger, "transformers", and its children) instead of
+    printing it; the caller passes on what it keeps with `pass_on`. An exception passes everything on.
+
+    transformers logs through one library logger, "transformers" (https://huggingface.co/docs/transformers/
+    main_classes/logging), and offers verbosity setters, no capture. Lowering the verbosity would also hide what
+    the caller keeps, so the library logger's handlers are swapped for the time of the call (records below its
+    level never reach them: the user's verbosity still applies).
+    """
+    library = logging.getLogger("transformers")  # = transformers.utils.logging.get_logger("transformers")
+    handler = _Held()
+    saved = library.handlers[:], library.propagate
+    library.handlers, library.propagate = [handler], False
+    failed = True
+    try:
+        yield handler.records
+        failed = False
+    finally:
+        library.handlers, library.propagate = saved
+        if failed:
+            pass_on(handler.records)
+
+
+def pass_on(records: list[logging.LogRecord]) -> None:
+    """Log held records as if they had never been held (the handlers and levels in place now)."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
+def report_new_head(model: PreTrainedModel, objective: str, held: list[logging.LogRecord]) -> None:
+    """One TransferKit warning naming the head weights the checkpoint lacked, instead of transformers' report.
+
+    Only when every missing weight is outside the base model (the head alone is new) are transformers' records
+    about those weights dropped; the rest is passed on. Missing encoder weights mean a wrong or broken checkpoint:
+    then transformers' whole report stays, with a TransferKit line saying so.
+    """
+    missing = list(getattr(model, "transferkit_missing_keys", []))
+    prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else None
+    head = [key for key in missing if prefix is None or not key.startswith(prefix)]
+    if not missing or len(head) < len(missing):
+        pass_on(held)
+        if missing:
+            logger.warning(
+                "The checkpoint lacks %d weights of the model body (e.g. %s; transformers' report above): is "
+                "model_name_or_path the model meant?",
+                len(missing) - len(head),
+                next(key for key in missing if key not in head),
+            )
+        return
+    pass_on([record for record in held if not any(key in record.getMessage() for key in head)])
+    logger.warning(
+        "The checkpoint has no trained %s head: its %d weights (%s) are new, randomly initialised (a "
+        "sentence-embedding or bare encoder checkpoint?). Early losses will be high%s.",
+        objective.upper(),
+        len(head),
+        _short_list(sorted(head)),
+        "; set head_warmup_steps to train the head alone first" if objective == "mlm" else "",
+    )
+
+
+def _short_list(keys: list[str], shown: int = 6) -> str:
+    more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def ensure_pad_token(

@@ -36,7 +36,12 @@ def tokenize_for_classification(
     The text columns stay in the dataset (Trainer drops them before collation) so predictions can be written next
     to the text they were made for.
     """
-    fn_kwargs = {"tokenizer": tokenizer, "text_columns": text_columns, "max_seq_length": max_seq_length}
+    fn_kwargs = {
+        "tokenizer": tokenizer,
+        "text_columns": text_columns,
+        "max_seq_length": max_seq_length,
+        "delimiter": data_args.text_column_delimiter,
+    }
     with training_args.main_process_first(desc="tokenizing"):
         return DatasetDict(
             {
@@ -54,8 +59,20 @@ def tokenize_for_classification(
         )
 
 
-def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, text_columns: list[str], max_seq_length: int):
-    texts = [[str(text) for text in batch[column]] for column in text_columns]
+def _tokenize_batch(
+    batch: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    text_columns: list[str],
+    max_seq_length: int,
+    delimiter: str | None = None,
+):
+    """Tokenize one batch: a missing side of a text pair (None, as datasets reads an empty csv cell) is the empty
+    text, so `[CLS] [SEP] review [SEP]`, never the word 'None' (data.drop_empty_texts keeps such rows). With a
+    `delimiter` (text_column_delimiter), the columns' non-empty texts are joined into one, as run_classification.py
+    joins them."""
+    texts = [["" if text is None else str(text) for text in batch[column]] for column in text_columns]
+    if delimiter is not None:
+        texts = [[delimiter.join(part for part in row if part.strip()) for row in zip(*texts)]]
     return tokenizer(*texts, truncation=True, max_length=max_seq_length)
 
 

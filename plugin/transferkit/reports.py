@@ -6,6 +6,7 @@ Only the main process writes; the figures use matplotlib's Agg backend so they r
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
 import matplotlib
@@ -15,27 +16,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
+from transferkit.data import rows_with_text  # noqa: E402
 from transferkit.labels import MULTI, REGRESSION, SINGLE, LabelSpec  # noqa: E402
 from transferkit.metrics import predictions_from_logits, probabilities_from_logits  # noqa: E402
 
+logger = logging.getLogger(__name__)
 
-def write_predictions(path: str, dataset: Dataset, text_columns: list[str], logits: np.ndarray, spec: LabelSpec):
-    """CSV with the text, the gold label (when the split has one), the predicted label and the probabilities."""
-    predicted = predictions_from_logits(logits, spec.problem_type)
-    probabilities = probabilities_from_logits(logits, spec.problem_type)
+
+def write_predictions(
+    path: str,
+    dataset: Dataset,
+    text_columns: list[str],
+    logits: np.ndarray,
+    spec: LabelSpec,
+    predicted_rows: list[int] | None = None,
+) -> None:
+    """CSV with the text, the gold label (when the split has one), the predicted label and the probabilities: one
+    line per row of `dataset`, in its order, so it lines up with the input file.
+
+    `logits[i]` belongs to row `predicted_rows[i]` (all rows when None); the other rows (no text) get empty
+    `predicted` and probability cells. An empty text cell is written empty, never as 'None'.
+    """
+    rows = range(len(dataset)) if predicted_rows is None else predicted_rows
+    predicted = dict(zip(rows, predictions_from_logits(logits, spec.problem_type)))
+    probabilities = dict(zip(rows, probabilities_from_logits(logits, spec.problem_type)))
     has_gold = "label" in dataset.column_names
     score_columns = ["score"] if spec.problem_type == REGRESSION else [f"prob_{name}" for name in spec.names]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([*text_columns, *(["label"] if has_gold else []), "predicted", *score_columns])
-        golds = dataset["label"] if has_gold else [None] * len(dataset)
-        texts = zip(*(dataset[column] for column in text_columns))
-        for text, gold, prediction, row in zip(texts, golds, predicted, probabilities):
+        golds = dataset["label"][:] if has_gold else [None] * len(dataset)
+        texts = zip(*(dataset[column][:] for column in text_columns))
+        for index, (text, gold) in enumerate(zip(texts, golds)):
             gold_cell = [_label_text(gold, spec)] if has_gold else []
-            writer.writerow([*text, *gold_cell, _label_text(prediction, spec), *(f"{p:.6f}" for p in row)])
+            if index in predicted:
+                scores = [_label_text(predicted[index], spec), *(f"{p:.6f}" for p in probabilities[index])]
+            else:
+                scores = [""] * (1 + len(score_columns))
+            writer.writerow(["" if cell is None else cell for cell in text] + gold_cell + scores)
 
 
 def _label_text(value, spec: LabelSpec) -> str:
+    if value is None:  # a test row with neither text nor label (data.encode_every_test_row)
+        return ""
     if spec.problem_type == REGRESSION:
         return f"{float(value):.6f}"
     if spec.problem_type == MULTI:
@@ -104,24 +127,57 @@ def plot_training_curves(path: str, log_history: list[dict]) -> bool:
 
 
 def predict_and_report(trainer, test_split: Dataset, text_columns: list[str], spec: LabelSpec) -> dict[str, float]:
-    """Predict the test split; write predictions.csv and, for single-label data, the confusion matrix."""
-    output = trainer.predict(test_split, metric_key_prefix="test")
+    """Predict the test split; write predictions.csv and, for single-label data, the confusion matrix.
+
+    predictions.csv has one line per row of `test_split`, in order. A row with no text at all (kept by
+    data.load_classification_splits so the file lines up with the input) is not predicted: its `predicted` and
+    probability cells are empty, since a guess from no text is the class prior, not a reading. The metrics, the
+    confusion matrix and `test_samples` cover the predicted rows only; `test_not_predicted` counts the others.
+    """
+    predicted_rows = rows_with_text(test_split, text_columns)
+    skipped = len(test_split) - len(predicted_rows)
+    if skipped:
+        logger.warning(
+            "%d rows of the test split have no text: they keep their place in predictions.csv, not predicted "
+            "(empty 'predicted' cell) and not scored.",
+            skipped,
+        )
+    output = trainer.predict(test_split.select(predicted_rows) if skipped else test_split, metric_key_prefix="test")
+    logits, gold = _joined(output.predictions), _joined(output.label_ids)
+    predicted_rows = _rows_predicted(predicted_rows, len(logits))
     labelled = "label" in test_split.column_names
-    metrics = output.metrics if labelled else {}
+    counts = {"test_samples": len(predicted_rows), "test_not_predicted": len(test_split) - len(predicted_rows)}
+    metrics = {**output.metrics, **counts} if labelled else {}
     if metrics:
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
     if trainer.is_world_process_zero():
         output_dir = trainer.args.output_dir
-        write_predictions(
-            output_path(output_dir, "predictions.csv"), test_split, text_columns, output.predictions, spec
-        )
+        path = output_path(output_dir, "predictions.csv")
+        write_predictions(path, test_split, text_columns, logits, spec, predicted_rows)
         if spec.problem_type == SINGLE and labelled:
-            predicted = predictions_from_logits(output.predictions, spec.problem_type)
-            plot_confusion_matrix(
-                output_path(output_dir, "confusion_matrix.png"), output.label_ids, predicted, spec.names
-            )
+            predicted = predictions_from_logits(logits, spec.problem_type)
+            plot_confusion_matrix(output_path(output_dir, "confusion_matrix.png"), gold, predicted, spec.names)
     return metrics
+
+
+def _joined(value):
+    """Trainer's predictions as one array: with eval_do_concat_batches false it returns a list of batches."""
+    return np.concatenate(value) if isinstance(value, list) and value else value
+
+
+def _rows_predicted(asked: list[int], returned: int) -> list[int]:
+    """The rows `returned` predictions belong to: the first ones asked for. Trainer applies dataloader_drop_last to
+    the prediction dataloader too (the last incomplete batch is never predicted), in order, as length-sorting is
+    off then (trainers.ClassificationTrainer._sorts); those rows keep their place, not predicted, and say so."""
+    if returned < len(asked):
+        logger.warning(
+            "Only %d of the %d test rows with text were predicted: dataloader_drop_last drops the last incomplete "
+            "batch in prediction too. The others keep their place in predictions.csv, not predicted.",
+            returned,
+            len(asked),
+        )
+    return asked[:returned]
 
 
 def output_path(output_dir: str, name: str) -> str:
