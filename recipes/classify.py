@@ -56,6 +56,7 @@ from transferkit.train import (
     evaluate_and_save,
     log_run_plan,
     runtime_defaults,
+    splits_off,
     start_run,
     train_and_save,
     without_evaluation_if_no_split,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     training_args, start, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
 
     splits, text_columns, spec = load_classification_splits(
-        data_args, model_args, cls_args.problem_type, training_args.seed
+        data_args, model_args, cls_args.problem_type, training_args.seed, skip=splits_off(training_args)
     )
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)

@@ -60,6 +60,7 @@ from transferkit.train import (
     evaluate_and_save,
     log_run_plan,
     runtime_defaults,
+    splits_off,
     start_run,
     train_and_save,
     without_evaluation_if_no_split,
@@ -85,6 +86,11 @@ DEFAULTS = {
     "do_train": True,
     "do_eval": True,  # a final evaluation when there is a validation split; do_eval false: none at all
 }
+# Options of the shared dataclasses that masked / causal LM training has no use for: set, they stop the run.
+REFUSED = {
+    "do_predict": "the mlm recipe predicts nothing (it has no test split); remove it.",
+    "text_column_delimiter": "the mlm recipe reads each text column as its own text; remove it.",
+}
 ARGUMENT_TYPES = (
     ModelArguments,
     DataArguments,
@@ -98,19 +104,15 @@ ARGUMENT_TYPES = (
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, mlm_args, lora_args, run_args, training_args = parse_config(
-        ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
+        ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__, refused=REFUSED
     )
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true has no length to count epochs in (the stream repeats): set max_steps.")
-    if data_args.text_column_delimiter is not None:
-        raise TransferKitError(
-            "text_column_delimiter: the mlm recipe reads each text column as its own text; remove it."
-        )
-    if training_args.do_predict:
-        raise TransferKitError("do_predict: the mlm recipe predicts nothing (it has no test split); remove do_predict.")
     training_args, start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
 
-    splits, text_columns = load_corpus_splits(data_args, model_args, mlm_args.streaming, training_args.seed)
+    splits, text_columns = load_corpus_splits(
+        data_args, model_args, mlm_args.streaming, training_args.seed, skip=splits_off(training_args)
+    )
     splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)

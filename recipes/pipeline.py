@@ -92,7 +92,9 @@ def check_stages(stages: dict[str, dict]):
     with scratch_stage_files(stages) as files:
         parsed = [
             parse_config(stage["recipe"].ARGUMENT_TYPES, ["--config", files[name]],
-                         defaults={**stage["recipe"].DEFAULTS, **runtime_defaults()})
+                         defaults={**stage["recipe"].DEFAULTS, **runtime_defaults()},
+                         refused=getattr(stage["recipe"], "REFUSED", None),
+                         config_label=f"the pipeline's {name} stage (its config section or --{name}.* flags)")
             for name, stage in stages.items()
         ]  # fmt: skip
     return parsed[0][-1]

@@ -11,6 +11,7 @@ from recipes import classify, mlm
 from tests.tiny import write_templated_corpus
 from transferkit.config import parse_config
 from transferkit.errors import TransferKitError
+from transferkit.example_scripts import NOT_TAKEN
 from transferkit.ranges import TRAINING_ARGUMENT_RANGES, numeric_fields, option_range
 
 # Paths that do not exist: an error about a range (and not about them) shows that nothing was loaded first.
@@ -105,23 +106,101 @@ def test_save_steps_alone_means_the_steps_strategy():
     assert training.save_strategy == "epoch" and training.eval_strategy == "epoch"
 
 
-def test_save_steps_under_an_epoch_strategy_the_user_set_is_an_error(tmp_path):
+def test_save_steps_under_an_epoch_strategy_set_in_the_same_place_is_an_error(tmp_path):
     config = tmp_path / "run.yaml"
+    config.write_text("save_strategy: epoch\nsave_steps: 8\n")
+    with pytest.raises(TransferKitError, match=r"save_steps 8 \(.*run.yaml\) contradicts save_strategy epoch"):
+        parse("--config", str(config))
+    with pytest.raises(TransferKitError, match=r"save_steps 8 \(command line\) contradicts save_strategy epoch"):
+        parse("--save_strategy", "epoch", "--save_steps", "8")
     config.write_text("save_strategy: epoch\n")
-    with pytest.raises(
-        TransferKitError, match=r"save_steps 8 \(command line\) has no effect under save_strategy epoch"
-    ):
-        parse("--config", str(config), "--save_steps", "8")
+    *_, training = parse("--config", str(config), "--save_steps", "8")  # the command line wins
+    assert training.save_strategy == "steps" and training.save_steps == 8
 
 
 def test_do_eval_false_evaluates_nothing_and_keeps_every_training_row():
     _, data, *_, training = parse("--do_eval", "false")
     assert training.eval_strategy == "no" and training.do_eval is False
     assert data.validation_split_percentage == 0
-    _, data, *_, training = parse("--do_eval", "false", "--validation_split_percentage", "20")
-    assert data.validation_split_percentage == 20  # the user's own value stays
-    with pytest.raises(TransferKitError, match="do_eval false .* contradicts eval_strategy steps"):
+    with pytest.raises(TransferKitError, match="do_eval False .* contradicts validation_split_percentage 20"):
+        parse("--do_eval", "false", "--validation_split_percentage", "20")  # the split would go unused
+    with pytest.raises(TransferKitError, match="do_eval False .* contradicts eval_strategy steps"):
         parse("--do_eval", "false", "--eval_strategy", "steps")
+
+
+def test_the_command_line_wins_over_the_yaml_file_with_a_warning(tmp_path, caplog):
+    config = tmp_path / "run.yaml"
+    config.write_text("eval_strategy: epoch\nlogging_steps: 50\ntest_split_percentage: 10\n")
+    with caplog.at_level("WARNING", logger="transferkit.implied"):
+        _, data, *_, training = parse("--config", str(config), "--do_eval", "false", "--logging_strategy", "epoch")
+    assert training.eval_strategy == "no" and training.logging_strategy == "epoch"
+    assert "do_eval False (command line) wins over eval_strategy epoch" in caplog.text
+    assert "logging_strategy epoch (command line) wins over logging_steps 50" in caplog.text
+    _, data, *_, training = parse("--config", str(config), "--do_train", "--do_eval")
+    assert training.do_predict is False and data.test_split_percentage == 0  # no unused test split carved
+    with pytest.raises(TransferKitError, match="do_predict False .* contradicts test_split_percentage 10"):
+        parse("--do_train", "--test_split_percentage", "10")
+
+
+def test_eval_steps_asks_for_evaluation_and_best_model_keeping_moves_both_strategies(tmp_path):
+    *_, training = parse("--do_train", "--eval_steps", "4")
+    assert training.do_eval is True and training.eval_strategy == "steps" and training.eval_steps == 4
+    *_, cls, _, _, training = parse("--early_stopping_patience", "2", "--save_steps", "8")
+    assert (training.save_strategy, training.eval_strategy, training.eval_steps) == ("steps", "steps", 8)
+    config = tmp_path / "run.yaml"
+    config.write_text("eval_steps: null\n")
+    *_, training = parse("--config", str(config))
+    assert training.eval_strategy == "epoch"  # a null interval asks for nothing
+
+
+def test_the_splits_of_a_phase_that_is_off_are_not_read(reviews_csv, tmp_path):
+    from transferkit.arguments import ModelArguments
+    from transferkit.data import load_classification_splits
+
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\ngreat film,neutral\n")  # a label training never saw: an error, if it were read
+    _, data, *_ = parse("--train_file", reviews_csv, "--test_file", str(test))
+    model = ModelArguments(model_name_or_path="unused")
+    with pytest.raises(TransferKitError, match="neutral"):
+        load_classification_splits(data, model, None, 42)
+    splits, _, _ = load_classification_splits(data, model, None, 42, skip=("test",))
+    assert "test" not in splits
+
+
+def test_test_rows_left_blank_by_max_test_samples_stop_before_training(reviews_csv, tmp_path):
+    from transferkit.arguments import ModelArguments
+    from transferkit.data import load_classification_splits
+
+    test = tmp_path / "test.csv"
+    test.write_text('text,label\n"",neg\n"  ",\ngreat film,pos\n')
+    _, data, *_ = parse("--train_file", reviews_csv, "--test_file", str(test), "--max_test_samples", "2")
+    with pytest.raises(TransferKitError, match="The test split has no text in any row .* max_test_samples"):
+        load_classification_splits(data, ModelArguments(model_name_or_path="unused"), None, 42)
+
+
+@pytest.mark.parametrize("recipe", [classify, mlm])
+def test_validate_runs_the_same_checks(recipe, tmp_path):
+    from pathlib import Path
+
+    from transferkit.validate import validate_recipe_config
+
+    name = recipe.__name__.rsplit(".", 1)[-1]
+    config = Path(tmp_path / f"{name}.yaml")
+    for text, message in (
+        ("learning_rate: -1\n", "learning_rate must be >= 0, got -1.0"),
+        ("save_strategy: epoch\nsave_steps: 8\n", "save_steps 8 .* contradicts save_strategy epoch"),
+        ("do_train: false\n", "do_train is off"),
+    ):
+        config.write_text(text)
+        with pytest.raises(TransferKitError, match=message):
+            validate_recipe_config(config, name, [])
+    config.write_text("per_device_train_batch_size: 4\n")
+    with pytest.raises(TransferKitError, match="per_device_train_batch_size must be >= 1, got 0 \\(command line\\)"):
+        validate_recipe_config(config, name, ["--per_device_train_batch_size", "0"])
+    if recipe is mlm:
+        config.write_text("do_predict: true\n")
+        with pytest.raises(TransferKitError, match="do_predict .*: the mlm recipe predicts nothing"):
+            validate_recipe_config(config, name, [])
 
 
 def test_do_train_false_is_refused_with_what_to_do_instead():
@@ -142,7 +221,7 @@ def test_phases_not_asked_for_are_off_as_in_the_example_scripts():
 
 
 def test_the_mlm_recipe_refuses_do_predict():
-    with pytest.raises(TransferKitError, match="do_predict: the mlm recipe predicts nothing"):
+    with pytest.raises(TransferKitError, match=r"do_predict \(command line\): the mlm recipe predicts nothing"):
         mlm.main([*NOTHING, "--do_train", "--do_predict"])
 
 
@@ -159,7 +238,7 @@ def run_classify(tiny_bert, reviews_csv, out, *extra: str) -> None:
         [
             "--model_name_or_path", tiny_bert, "--train_file", reviews_csv, "--output_dir", str(out),
             "--max_train_samples", "48", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
-            "--test_split_percentage", "10", "--max_seq_length", "32", "--report_to", "none", "--disable_tqdm", "true",
+            "--max_seq_length", "32", "--report_to", "none", "--disable_tqdm", "true",
             *extra,
         ]
     )  # fmt: skip
@@ -167,13 +246,15 @@ def run_classify(tiny_bert, reviews_csv, out, *extra: str) -> None:
 
 def test_phases_and_save_steps_take_effect_in_a_run(tiny_bert, reviews_csv, tmp_path):
     out = tmp_path / "steps"
-    run_classify(tiny_bert, reviews_csv, out, "--save_steps", "2", "--save_total_limit", "10")
+    run_classify(
+        tiny_bert, reviews_csv, out, "--save_steps", "2", "--save_total_limit", "10", "--test_split_percentage", "10"
+    )
     checkpoints = sorted(path.name for path in out.glob("checkpoint-*"))
     assert checkpoints[:2] == ["checkpoint-2", "checkpoint-4"]
     assert (out / "eval_results.json").is_file() and (out / "predictions.csv").is_file()
 
     out = tmp_path / "no-eval-no-predict"
-    run_classify(tiny_bert, reviews_csv, out, "--do_eval", "false", "--do_predict", "false")
+    run_classify(tiny_bert, reviews_csv, out, "--do_train")  # evaluation and prediction not asked for: off
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert not any(key.startswith("eval_") for entry in history for key in entry)
     assert not (out / "eval_results.json").exists() and not (out / "predictions.csv").exists()
@@ -211,11 +292,13 @@ def test_text_column_delimiter_joins_any_number_of_columns_into_one_text(tiny_be
     assert data.text_column_names == ["title", "body", "category"] and data.text_column_delimiter == "\n"
     with pytest.raises(TransferKitError, match="to join more into one text, set text_column_delimiter"):
         parse("--text_column_names", "title,body,category")
+    with pytest.raises(TransferKitError, match=r"text_column_delimiter '\\\\': a backslash starts an escape"):
+        parse("--text_column_delimiter", "\\")
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     batch = {"title": ["great"], "body": [None], "category": ["film"]}
     joined = _tokenize_batch(batch, tokenizer, ["title", "body", "category"], 32, delimiter=" ")
     assert joined["input_ids"] == tokenizer(["great film"])["input_ids"]  # one text; the empty side left out
-    with pytest.raises(TransferKitError, match="text_column_delimiter: the mlm recipe reads each text column"):
+    with pytest.raises(TransferKitError, match="text_column_delimiter .*: the mlm recipe reads each text column"):
         mlm.main([*NOTHING, "--text_column_delimiter", " "])
 
 
@@ -260,3 +343,12 @@ def test_ignore_mismatched_sizes_starts_from_a_classifier_with_other_labels(tiny
         load_classifier(ModelArguments(model_name_or_path=three), spec)
     model = load_classifier(ModelArguments(model_name_or_path=three, ignore_mismatched_sizes=True), spec)
     assert model.config.num_labels == 2
+
+
+@pytest.mark.parametrize("key", sorted(NOT_TAKEN))
+def test_each_example_option_not_taken_stops_with_its_line(key):
+    with pytest.raises(TransferKitError) as caught:
+        classify.main([*NOTHING, f"--{key}=hf_SECRET"])
+    message = str(caught.value)
+    assert message.startswith(f"command line: '{key}' is an option of transformers' example scripts")
+    assert message.endswith(NOT_TAKEN[key]) and "hf_SECRET" not in message

@@ -72,7 +72,9 @@ class DataArguments:
         default=None,
         **_help(
             "One text column, or two encoded as a text pair, separated by spaces or commas (sentence1,sentence2). "
-            "Default: 'text', 'sentence1 sentence2' or 'sentence'."
+            "Default: 'text', 'sentence1 sentence2' or 'sentence'.",
+            # run_classification.py's README writes --text_column_name, an abbreviation argparse took there
+            aliases=["--text_column_name"],
         ),
     )
     text_column_delimiter: str | None = field(
@@ -128,7 +130,13 @@ class DataArguments:
         self.remove_splits = _comma_separated(self.remove_splits)
         if self.text_column_delimiter is not None:
             escaped = self.text_column_delimiter.encode("latin-1", "backslashreplace")  # keeps non-ASCII as it is
-            self.text_column_delimiter = escaped.decode("unicode_escape")
+            try:
+                self.text_column_delimiter = escaped.decode("unicode_escape")
+            except UnicodeDecodeError:
+                raise TransferKitError(
+                    f"text_column_delimiter {self.text_column_delimiter!r}: a backslash starts an escape such as \\n "
+                    "or \\t; write \\\\ for a backslash itself."
+                ) from None
         elif self.text_column_names is not None and not 1 <= len(self.text_column_names) <= 2:
             raise TransferKitError(
                 f"text_column_names takes one column or two (a text pair), got {self.text_column_names}; to join "

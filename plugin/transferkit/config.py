@@ -23,7 +23,7 @@ from transformers.hf_argparser import string_to_bool
 
 from transferkit.errors import TransferKitError
 from transferkit.example_scripts import not_taken_message
-from transferkit.implied import settle
+from transferkit.implied import COMMAND_LINE, settle
 from transferkit.ranges import check_ranges, option_range
 
 CONFIG_HELP = "YAML file whose keys set the defaults; flags given on the command line override them."
@@ -48,8 +48,13 @@ class RangedArgumentParser(HfArgumentParser):
 
 def build_parser(dataclass_types: Sequence[type], description: str | None = None) -> HfArgumentParser:
     """An HfArgumentParser over the recipe's dataclasses, plus `--config`."""
+    # No abbreviations: `--token` would otherwise be taken for `--tokenizer_name` (or be ambiguous), so an example
+    # script's option would never reach its own message (transferkit.example_scripts).
     parser = RangedArgumentParser(
-        list(dataclass_types), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        list(dataclass_types),
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help=CONFIG_HELP)
     # HfArgumentParser reads TrainingArguments' `include_num_input_tokens_seen: str | bool` as a boolean only, so
@@ -78,8 +83,13 @@ def parse_config(
     argv: Sequence[str] | None = None,
     defaults: dict[str, Any] | None = None,
     description: str | None = None,
+    refused: dict[str, str] | None = None,
+    config_label: str | None = None,
 ) -> tuple:
     """Parse `argv` (default: sys.argv) into one instance per dataclass.
+
+    `refused`: options of the dataclasses that this recipe does not use, with why (set by the user: an error).
+    `config_label`: how messages name the `--config` file (a pipeline's section, not its scratch file).
 
     Precedence, lowest first: the dataclass defaults, the recipe's `defaults`, the `--config` YAML file, the
     command line. Then what the user's options imply is settled (`transferkit.implied`: `save_steps` alone means
@@ -93,16 +103,27 @@ def parse_config(
     where: dict[str, str] = {}  # each option the user set -> where: the YAML file or the command line
     config_path = _config_path(argv)
     if config_path is not None:
-        from_file = load_yaml_config(parser, config_path)
+        from_file = load_yaml_config(parser, config_path, label=config_label)
         _apply_defaults(parser, from_file)
-        where.update(dict.fromkeys(from_file, config_path))
+        where.update(dict.fromkeys(from_file, config_label or config_path))
     namespace, remaining = parser.parse_known_args(argv)  # --help prints and exits here
     if remaining:
         raise TransferKitError(_unknown_flags_message(parser, remaining))
-    where.update(dict.fromkeys(parse_overrides(dataclass_types, argv), "command line"))
-    values = settle(vars(namespace), where)
-    check_ranges(dataclass_types, values, where)
+    where.update(dict.fromkeys(parse_overrides(dataclass_types, argv), COMMAND_LINE))
+    values = settle_and_check(dataclass_types, vars(namespace), where, refused)
     return tuple(_build(dtype, values) for dtype in dataclass_types)
+
+
+def settle_and_check(
+    dataclass_types: Sequence[type], values: dict[str, Any], where: dict[str, str], refused: dict[str, str] | None
+) -> dict[str, Any]:
+    """What the user's options imply (transferkit.implied), the recipe's refusals, then every value's range."""
+    for key, why in (refused or {}).items():
+        if key in where and values.get(key) not in (None, False):
+            raise TransferKitError(f"{key} ({where[key]}): {why}")
+    values = settle(values, where)
+    check_ranges(dataclass_types, values, where)
+    return values
 
 
 def _build(dtype: type, values: dict[str, Any]) -> Any:
@@ -127,7 +148,7 @@ def parse_overrides(dataclass_types: Sequence[type], argv: Sequence[str], source
     return {key: value for key, value in vars(namespace).items() if key != "config"}
 
 
-def load_yaml_config(parser: HfArgumentParser, path: str) -> dict[str, Any]:
+def load_yaml_config(parser: HfArgumentParser, path: str, label: str | None = None) -> dict[str, Any]:
     """Read a YAML config and check every key and value against the parser's options."""
     if not os.path.isfile(path):
         raise TransferKitError(f"Config file not found: {path}. Pass the path of an existing YAML file to --config.")
@@ -140,7 +161,7 @@ def load_yaml_config(parser: HfArgumentParser, path: str) -> dict[str, Any]:
         return {}
     if not isinstance(content, dict):
         raise TransferKitError(f"{path} must hold a mapping of option: value, got a {type(content).__name__}.")
-    return _coerce_mapping(parser, content, source=path)
+    return _coerce_mapping(parser, content, source=label or path)
 
 
 def _config_path(argv: list[str]) -> str | None:

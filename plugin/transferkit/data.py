@@ -393,7 +393,7 @@ def _check_some_text(split: Dataset, columns: list[str], name: str) -> None:
     if len(split) and not rows_with_text(split, columns):
         raise TransferKitError(
             f"The {name} split has no text in any row ({', '.join(columns)} are empty): nothing to predict. "
-            "Check the file and text_column_names."
+            "Check the file, text_column_names and max_test_samples."
         )
 
 
@@ -447,14 +447,20 @@ def encode_every_test_row(
 
 
 def load_classification_splits(
-    data_args: DataArguments, model_args: ModelArguments, problem_type: str | None, seed: int
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    problem_type: str | None,
+    seed: int,
+    skip: tuple[str, ...] = (),
 ) -> tuple[DatasetDict, list[str], LabelSpec]:
     """Load, check and encode the data: train / validation (/ test) splits with a 'label' column, and its spec.
+    The `skip` splits (those of a phase that is off: do_eval, do_predict) are not read, so they cannot stop a run.
 
     Train and validation lose the rows with no text at all (`drop_empty_texts`); a test split keeps every row, in
     input order, up to max_test_samples (counted in input rows), so its predictions line up with the input file.
     """
-    raw = used_splits(without_removed_splits(load_raw_datasets(data_args, model_args), data_args.remove_splits))
+    raw = load_raw_datasets(data_args, model_args)
+    raw = used_splits(without_removed_splits(raw, data_args.remove_splits), skip)
     raw = drop_missing_class_labels(raw, data_args.label_column_name)
     text_columns = resolve_text_columns(raw["train"].column_names, data_args.text_column_names)
     for name, split in raw.items():
@@ -470,6 +476,8 @@ def load_classification_splits(
     splits = carve_splits(encoded, data_args, seed, "label")
     splits = limit_samples(splits, data_args)
     check_not_empty(splits)
+    if "test" in splits:  # again after max_test_samples, which may keep only blank rows
+        _check_some_text(splits["test"], text_columns, "test")
     if "validation" in splits and "label" not in splits["validation"].column_names:
         raise TransferKitError(f"The validation split has no '{data_args.label_column_name}' column to score against.")
     return splits, text_columns, spec
@@ -483,14 +491,14 @@ def without_removed_splits(raw: DatasetDict, names: list[str] | None) -> Dataset
     return type(raw)({name: split for name, split in raw.items() if name not in (names or [])})
 
 
-def used_splits(raw: DatasetDict) -> DatasetDict:
-    """Train, validation and test; a Hub dataset's other splits are never checked, cleaned or tokenized."""
+def used_splits(raw: DatasetDict, skip: tuple[str, ...] = ()) -> DatasetDict:
+    """Train, validation and test, less `skip`; the other splits are never checked, cleaned or tokenized."""
     if "train" not in raw:
         raise TransferKitError(f"The dataset has no train split (splits: {', '.join(raw)}). Give train_file.")
-    unused = [name for name in raw if name not in SPLITS]
+    unused = [name for name in raw if name not in SPLITS or name in skip]
     if unused:
         logger.info("Not used by this run: the %s split(s) of the dataset.", ", ".join(unused))
-    return DatasetDict({name: split for name, split in raw.items() if name in SPLITS})
+    return DatasetDict({name: split for name, split in raw.items() if name in SPLITS and name not in skip})
 
 
 def streamed_splits(splits: dict, text_columns: list[str], data_args: DataArguments, seed: int) -> IterableDatasetDict:
@@ -522,9 +530,10 @@ def _held_out(row: dict, columns: list[str], percentage: int) -> bool:
 
 
 def load_corpus_splits(
-    data_args: DataArguments, model_args: ModelArguments, streaming: bool, seed: int
+    data_args: DataArguments, model_args: ModelArguments, streaming: bool, seed: int, skip: tuple[str, ...] = ()
 ) -> tuple[DatasetDict | IterableDatasetDict, list[str]]:
-    """Unlabelled text for MLM: train and validation splits (carved, or streamed off the head of train).
+    """Unlabelled text for MLM: train and validation splits (carved, or streamed off the head of train); a
+    validation split in `skip` (do_eval off) is not read.
 
     Rows with no text at all are dropped with a count (nothing is predicted per row here); a row with one empty
     column keeps its other one (mlm_data reads each column's text as a document). A stream is not filtered: the
@@ -539,7 +548,7 @@ def load_corpus_splits(
     if not columns:
         raise TransferKitError("The training corpus is empty. Check train_file / dataset_name.")
     text_columns = resolve_text_columns(columns, data_args.text_column_names)
-    splits = {name: split for name, split in raw.items() if name in ("train", "validation")}
+    splits = {name: split for name, split in raw.items() if name in ("train", "validation") and name not in skip}
     if streaming:
         return streamed_splits(splits, text_columns, data_args, seed), text_columns
     splits = DatasetDict(splits)

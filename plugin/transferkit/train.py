@@ -86,6 +86,11 @@ def without_evaluation_if_no_split(args: TrainingArguments, has_validation: bool
     return with_arguments(args, "No validation split, so evaluation is off", eval_strategy=IntervalStrategy.NO)
 
 
+def splits_off(args: TrainingArguments) -> tuple[str, ...]:
+    """The splits of a phase that is off (do_eval, do_predict): not read at all, as in the example scripts."""
+    return tuple(name for name, on in (("validation", args.do_eval), ("test", args.do_predict)) if not on)
+
+
 def global_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
 

@@ -71,7 +71,7 @@ def validate_recipe_config(path: Path, recipe: str, overrides: list[str]) -> lis
     No data and no model is loaded. A config may leave the model and the data to the command line (the quickstart
     config does): those get a stand-in value and a note.
     """
-    from transferkit.config import build_parser, load_yaml_config
+    from transferkit.config import build_parser, load_yaml_config, parse_overrides, settle_and_check
 
     lookup_entry(recipe, list_recipes(), "recipe")
     module = importlib.import_module(f"{RECIPE_PACKAGE}.{recipe}")
@@ -81,7 +81,8 @@ def validate_recipe_config(path: Path, recipe: str, overrides: list[str]) -> lis
     if not types:
         raise TransferKitError(f"Recipe {recipe} exposes no ARGUMENT_TYPES, so its configs cannot be checked.")
     parser = build_parser(types)
-    values = {**getattr(module, "DEFAULTS", {}), **load_yaml_config(parser, str(path))}
+    from_file = load_yaml_config(parser, str(path))
+    values = {**getattr(module, "DEFAULTS", {}), **from_file}
     required = {action.dest for action in parser._actions if action.required}
     parser.set_defaults(**values)
     for action in parser._actions:
@@ -97,6 +98,8 @@ def validate_recipe_config(path: Path, recipe: str, overrides: list[str]) -> lis
     for key in left_to_launch:
         values[key] = f"<{key}>"
         notes.append(f"{key} is not set in the file: pass --{key} at launch")
+    where = {**dict.fromkeys(from_file, str(path)), **dict.fromkeys(parse_overrides(types, overrides), "command line")}
+    values = settle_and_check(types, values, where, getattr(module, "REFUSED", None))
     _build_dataclasses(types, values, notes, path)
     return notes + hub_notes(values)
 
