@@ -352,3 +352,27 @@ def test_each_example_option_not_taken_stops_with_its_line(key):
     message = str(caught.value)
     assert message.startswith(f"command line: '{key}' is an option of transformers' example scripts")
     assert message.endswith(NOT_TAKEN[key]) and "hf_SECRET" not in message
+
+
+def test_dtype_and_attn_implementation_reach_from_pretrained(tiny_bert):
+    import torch
+
+    from transferkit.arguments import ModelArguments
+    from transferkit.labels import LabelSpec
+    from transferkit.models import load_classifier, load_language_model
+
+    spec = LabelSpec(problem_type="single_label_classification", names=("neg", "pos"))
+    model = load_classifier(ModelArguments(model_name_or_path=tiny_bert, dtype="bfloat16"), spec)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model = load_language_model(ModelArguments(model_name_or_path=tiny_bert, attn_implementation="eager"))
+    assert model.config._attn_implementation == "eager" and next(model.parameters()).dtype == torch.float32
+    with pytest.raises(TransferKitError, match="'dtype' expects one of 'auto', 'bfloat16'"):
+        parse_config(classify.ARGUMENT_TYPES, ["--config", write_yaml("dtype: bf16\n"), *NOTHING])
+
+
+def write_yaml(text: str) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(text)
+    return handle.name

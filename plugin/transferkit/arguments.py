@@ -31,6 +31,21 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, **_help("Run code shipped inside a Hub repo. Off: only enable it for repos you trust.")
     )
+    dtype: str | None = field(
+        default=None,
+        **_help(
+            "Load the weights in this dtype: auto (the checkpoint's), bfloat16, float16 or float32 (the default). "
+            "bfloat16 halves the memory of a large model; for mixed precision over float32 weights set bf16 / fp16.",
+            choices=["auto", "bfloat16", "float16", "float32"],
+        ),
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        **_help(
+            "Attention kernel: sdpa, eager, flash_attention_2 (CUDA, flash-attn installed; ModernBERT's unpadded "
+            "path) or flex_attention. Default: transformers' choice for the model."
+        ),
+    )
     ignore_mismatched_sizes: bool = field(
         default=False,
         **_help(

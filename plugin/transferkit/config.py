@@ -221,6 +221,7 @@ def _coerce_scalar(key: str, value: Any, action: argparse.Action, source: str) -
     elif expected is str or expected is None:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         value = str(value) if ok else value
+        ok = ok and (action.choices is None or value in action.choices)
     elif action.choices is not None:
         ok = str(value) in {str(choice) for choice in action.choices}
         value = expected(str(value)) if ok else value

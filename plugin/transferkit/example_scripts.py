@@ -19,8 +19,7 @@ NOT_TAKEN: dict[str, str] = {
     "HF_TOKEN.",
     "use_auth_token": "log in with `hf auth login` or set HF_TOKEN.",
     "use_fast_tokenizer": "the fast tokenizer is always used when the model has one; remove the option.",
-    "dtype": "weights load in float32 and train in mixed precision: set bf16 or fp16 instead.",
-    "torch_dtype": "weights load in float32 and train in mixed precision: set bf16 or fp16 instead.",
+    "torch_dtype": "the option is named dtype here (as in transformers 5).",
     "low_cpu_mem_usage": "transformers 5 always loads weights without a second copy; remove the option.",
     "do_regression": "set problem_type: regression (it is detected from float labels when unset).",
     "train_split_name": "a Hub dataset's splits named train, validation and test are used; for local files give "

@@ -38,6 +38,12 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
     }
 
 
+def _weight_kwargs(model_args: ModelArguments) -> dict:
+    """dtype and attention kernel, only when set: transformers' own defaults otherwise."""
+    chosen = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
+    return {key: value for key, value in chosen.items() if value is not None}
+
+
 def _not_found(what: str, name: str, err: Exception) -> TransferKitError:
     option = "tokenizer_name or model_name_or_path" if what == "tokenizer" else "model_name_or_path"
     if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a Hub id
@@ -77,6 +83,7 @@ def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedCo
             use_safetensors=None if model_args.allow_pickle_weights else True,
             output_loading_info=True,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **_weight_kwargs(model_args),
             **_hub_kwargs(model_args),
             **load_kwargs,
         )
