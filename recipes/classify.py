@@ -33,6 +33,7 @@ from transferkit.arguments import ClassificationArguments, DataArguments, ModelA
 from transferkit.config import parse_config
 from transferkit.data import load_classification_splits
 from transferkit.distributed import check_requested_backend
+from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import exit_on_user_error
 from transferkit.head_warmup import head_warmup
 from transferkit.labels import class_weights
@@ -47,7 +48,6 @@ from transferkit.models import (
 )
 from transferkit.preprocess import tokenize_for_classification
 from transferkit.publish import finish_run
-from transferkit.reliability import plan_run, print_plan
 from transferkit.reports import predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback

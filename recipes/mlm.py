@@ -40,6 +40,7 @@ from transferkit.arguments import DataArguments, MLMArguments, ModelArguments, R
 from transferkit.config import parse_config
 from transferkit.data import load_corpus_splits
 from transferkit.distributed import check_requested_backend
+from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.head_warmup import head_warmup
 from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
@@ -52,7 +53,6 @@ from transferkit.models import (
     resolve_max_seq_length,
 )
 from transferkit.publish import finish_run
-from transferkit.reliability import plan_run, print_plan
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from safetensors.torch import save_file
 
 from recipes.classify import main
 from tests.tiny import REPO, review
+from transferkit.dry_run import count_evaluations_and_saves, plan_run
 from transferkit.errors import TransferKitError
-from transferkit.reliability import check_output_dir_writable, plan_run
+from transferkit.reliability import check_output_dir_writable
 from transferkit.resume import last_valid_checkpoint
 
 # Losses / metrics of a resumed run against the uninterrupted one (fp32 CPU, same seed). Measured here: bit-identical
@@ -263,7 +265,8 @@ def test_output_dir_checks(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a-file"]  # the checks create nothing
 
 
-def test_plan_run_counts_and_leaves_no_trace(tiny_bert, tmp_path):
+def tiny_trainer(tiny_bert, output_dir, rows: int = 48, train_rows: int = 37, **overrides):
+    """A Trainer over `train_rows` toy reviews (the rest: validation), batch 4, no integrations."""
     import random
 
     from datasets import Dataset
@@ -271,22 +274,30 @@ def test_plan_run_counts_and_leaves_no_trace(tiny_bert, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     rng = random.Random(0)
-    texts = [review(rng, i % 2 == 0) for i in range(48)]
-    data = Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(48)]})
+    texts = [review(rng, i % 2 == 0) for i in range(rows)]
+    data = Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(rows)]})
     tokenized = data.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
-    splits = {"train": tokenized.select(range(37)), "validation": tokenized.select(range(37, 48))}
+    splits = {"train": tokenized.select(range(train_rows)), "validation": tokenized.select(range(train_rows, rows))}
+    torch.manual_seed(0)  # the new head's weights
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    out = tmp_path / "out"
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        num_train_epochs=3,
-        report_to="none",
-        train_sampling_strategy="group_by_length",
-        dataloader_pin_memory=False,
+    settings = {"per_device_train_batch_size": 4, "report_to": "none", "dataloader_pin_memory": False}
+    args = TrainingArguments(output_dir=str(output_dir), **{**settings, "disable_tqdm": True, **overrides})
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=tokenizer,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=splits["train"], processing_class=tokenizer)
+    return trainer, splits, texts
+
+
+def test_plan_run_counts_and_leaves_no_trace(tiny_bert, tmp_path):
+    out = tmp_path / "out"
+    trainer, splits, texts = tiny_trainer(
+        tiny_bert, out, gradient_accumulation_steps=2, num_train_epochs=3, train_sampling_strategy="group_by_length"
+    )
+    model, tokenizer = trainer.model, trainer.processing_class
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     rng_before = torch.random.get_rng_state()
 
@@ -299,16 +310,116 @@ def test_plan_run_counts_and_leaves_no_trace(tiny_bert, tmp_path):
         "train": sum(len(tokenizer(text)["input_ids"]) for text in texts[:37]),
         "validation": sum(len(tokenizer(text)["input_ids"]) for text in texts[37:]),
     }
-    assert plan["timed_batches"] == 3 and plan["seconds_per_step"] > 0
-    assert plan["estimated_train_seconds"] == pytest.approx(plan["seconds_per_step"] * 15)
+    # Trainer's defaults: no evaluation; save_strategy steps every 500 steps -> only the save at the last step
+    assert (plan["evaluations"], plan["saves"], plan["saves_at_most"]) == (0, 1, False)
+    assert plan["timed_batches"] == 5 and plan["seconds_per_step"] > 0 and plan["seconds_per_save"] > 0
+    assert plan["save_timing"] == "timed" and plan["checkpoint_bytes"] > 3 * model.num_parameters()  # + AdamW
+    assert plan["train_steps_seconds"] >= plan["seconds_per_step"] * 15
+    assert plan["estimated_train_seconds"] == pytest.approx(plan["train_steps_seconds"] + plan["seconds_per_save"])
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert all(parameter.grad is None for parameter in model.parameters())
+    assert trainer.optimizer is None  # train() builds its own, without the dry run's AdamW moments
+    assert model.training is False  # as from_pretrained left it
     assert torch.equal(rng_before, torch.random.get_rng_state())
-    assert not out.exists() or os.listdir(out) == []
+    assert os.listdir(out) == []  # Trainer() made it, empty
+    assert os.listdir(tmp_path) == ["out"]  # the save was timed beside it, in a folder removed since
 
-    args.max_steps = 7  # max_steps wins over epochs: 7 steps, over ceil(7 / 5) = 2 epochs
+    trainer.args.max_steps = 7  # max_steps wins over epochs: 7 steps, over ceil(7 / 5) = 2 epochs
     plan = plan_run(trainer, splits, timed_batches=1)
     assert (plan["total_steps"], plan["epochs"], plan["timed_batches"]) == (7, 2, 1)
+
+
+class CountEvents(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.evaluations = self.saves = 0
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluations += 1
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saves += 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"max_steps": 6, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "no"}, (3, 0)),
+        ({"num_train_epochs": 2, "eval_strategy": "epoch", "save_strategy": "epoch"}, (2, 2)),
+        # 7 steps over 5-step epochs: evaluations at 4 and at the last step; saves at 3, 6 and the last step;
+        # eval_delay 3 drops nothing here; eval_on_start adds one evaluation
+        (
+            {"max_steps": 7, "eval_strategy": "steps", "eval_steps": 4, "eval_delay": 3, "eval_on_start": True}
+            | {"save_strategy": "steps", "save_steps": 3},
+            (3, 3),
+        ),
+        ({"max_steps": 6, "eval_strategy": "steps", "eval_steps": 0.5, "save_strategy": "steps"}, (2, 1)),
+    ],
+    ids=["eval-every-2-of-6", "epoch-2-epochs", "steps-off-interval", "eval-steps-fraction"],
+)
+def test_plan_counts_evaluations_and_saves_as_trainer_makes_them(tiny_bert, tmp_path, settings, expected):
+    trainer, splits, _ = tiny_trainer(tiny_bert, tmp_path / "out", rows=30, train_rows=20, **settings)
+    plan = plan_run(trainer, splits, timed_batches=1)
+    assert (plan["evaluations"], plan["saves"]) == expected
+    assert plan.get("eval_batches") == (2 if expected[0] else None)  # 10 validation rows, eval batch 8
+    counter = CountEvents()
+    trainer.add_callback(counter)
+    trainer.train()
+    assert (counter.evaluations, counter.saves) == expected  # what Trainer itself does
+
+
+def test_count_evaluations_and_saves_edge_cases(tmp_path):
+    from transformers import TrainingArguments
+
+    def count(total: int, per_epoch: int, **settings) -> tuple[int, int, bool]:
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **settings)
+        counted = count_evaluations_and_saves(args, total, per_epoch)
+        return counted["evaluations"], counted["saves"], counted["saves_at_most"]
+
+    assert count(6, 3, eval_strategy="steps", eval_steps=2, eval_delay=3, save_strategy="no") == (2, 0, False)
+    assert count(6, 3, eval_strategy="steps", eval_steps=2, save_strategy="best", metric_for_best_model="loss") == (
+        3,
+        3,
+        True,
+    )
+    assert count(7, 5, eval_strategy="epoch", save_strategy="epoch") == (2, 2, False)  # the cut-short epoch too
+    assert count(10, 5, eval_strategy="epoch", eval_delay=2, save_strategy="no") == (1, 0, False)
+    assert count(100, 100, eval_strategy="no", save_strategy="steps", save_steps=30) == (0, 4, False)
+
+
+def test_plan_estimate_adds_evaluations(tiny_bert, tmp_path):
+    """6 evaluations of 25 batches each outweigh 6 training steps many times over, so the comparison holds on a
+    loaded machine too; the breakdown adds up exactly."""
+    settings = {"max_steps": 6, "save_strategy": "no", "per_device_eval_batch_size": 8}
+    trainer, splits, _ = tiny_trainer(tiny_bert, tmp_path / "a", rows=220, train_rows=20, **settings)
+    without = plan_run(trainer, splits, timed_batches=2)
+    trainer, splits, _ = tiny_trainer(
+        tiny_bert, tmp_path / "b", rows=220, train_rows=20, eval_strategy="steps", eval_steps=1, **settings
+    )
+    plan = plan_run(trainer, splits, timed_batches=2)
+    assert (without["evaluations"], plan["evaluations"], plan["eval_batches"], plan["saves"]) == (0, 6, 25, 0)
+    assert plan["seconds_per_evaluation"] > 0
+    assert plan["estimated_train_seconds"] == pytest.approx(
+        plan["train_steps_seconds"] + 6 * plan["seconds_per_evaluation"]
+    )
+    assert plan["estimated_train_seconds"] > without["estimated_train_seconds"]
+
+
+def test_plan_run_restores_a_given_optimizer_and_training_follows_unchanged(tiny_bert, tmp_path):
+    """A dry run in the same process changes nothing training depends on: the same losses, step by step."""
+    settings = {"max_steps": 4, "save_strategy": "no", "logging_steps": 1, "seed": 3}
+    trainer, splits, _ = tiny_trainer(tiny_bert, tmp_path / "alone", **settings)
+    trainer.train()
+    alone = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    trainer, splits, _ = tiny_trainer(tiny_bert, tmp_path / "after", **settings)
+    optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-3)
+    trainer.optimizer = optimizer  # as Trainer(optimizers=(optimizer, None)) sets it
+    plan_run(trainer, splits, timed_batches=2)
+    assert trainer.optimizer is optimizer and optimizer.state == {}  # its steps undone: no moments left
+    trainer.optimizer = None  # the comparison run uses Trainer's own AdamW, like the first
+    trainer.train()
+    after = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert after == alone and len(alone) == 4
 
 
 def test_recipe_dry_run_and_output_dir_check(tiny_bert, reviews_csv, tmp_path, capsys):
@@ -317,10 +428,38 @@ def test_recipe_dry_run_and_output_dir_check(tiny_bert, reviews_csv, tmp_path, c
     log = capsys.readouterr().err  # the recipe's setup_logging replaces the root handlers (and caplog's)
     assert "dry run: train: 144 examples" in log
     assert "dry run: 12 optimizer steps (9 per epoch, 2 epochs); global batch 16" in log
+    assert "optimizer step (data loading, forward, backward, optimizer step; 5 timed batches)" in log
+    assert re.search(
+        r"dry run: about [\d.]+ s of training: 12 steps [\d.]+ s( \(first-step warm-up [\d.]+ s included\))? "
+        r"\+ 3 checkpoint saves of [\d.]+ MiB",
+        log,
+    )
     assert not out.exists() or os.listdir(out) == []
     (tmp_path / "file").write_text("x")
     with pytest.raises(TransferKitError, match="cannot be written: .*file is a file, not a folder"):
         main(run_args(tiny_bert, reviews_csv, tmp_path / "file" / "out"))
+
+
+def test_mlm_recipe_dry_run_on_a_stream(tiny_bert, tmp_path, capsys):
+    """A streamed corpus has no length: max_steps is the run, its one 'epoch'; evaluations and saves by steps."""
+    from recipes.mlm import main as mlm
+    from tests.test_mlm import run_args as mlm_args
+    from tests.tiny import write_templated_corpus
+
+    corpus = write_templated_corpus(str(tmp_path / "corpus.txt"))
+    out = tmp_path / "dry"
+    steps = ["--max_steps", "10", "--eval_strategy", "steps", "--eval_steps", "4", "--save_steps", "4"]
+    assert mlm(mlm_args(tiny_bert, corpus, out, "--dry_run", "true", "--streaming", "true", *steps)) == {}
+    log = capsys.readouterr().err
+    assert "dry run: 10 optimizer steps (10 per epoch); global batch 8" in log
+    # evaluations at steps 4, 8 and the last (10); saves the same
+    assert re.search(
+        r"of training: 10 steps [\d.]+ s( \(first-step warm-up [\d.]+ s included\))? "
+        r"\+ 3 evaluations of 1 batch [\d.]+ s \+ 3 checkpoint saves",
+        log,
+    )
+    assert not out.exists() or os.listdir(out) == []
+    assert set(os.listdir(tmp_path)) <= {"corpus.txt", "dry"}  # the save was timed in a folder removed since
 
 
 def _paused_recipe() -> None:

@@ -1,5 +1,5 @@
-"""Surviving preemption: a clean stop on SIGTERM; early disk checks; a dry run. (Which checkpoint a run resumes
-from is in resume.py.)"""
+"""Surviving preemption: a clean stop on SIGTERM; early disk checks. (Which checkpoint a run resumes from is in
+resume.py; the dry run is dry_run.py.)"""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ import logging
 import os
 import shutil
 import signal
-import statistics
 import tempfile
 import threading
-import time
 
-import pyarrow.compute as pc
-import torch
 from accelerate import Accelerator
 from transformers import Trainer, TrainerCallback
 
@@ -114,74 +110,4 @@ def check_output_dir_writable(output_dir: str, min_free_gb: float = 1.0) -> None
         raise TransferKitError(
             f"output_dir {output_dir}: only {free_gb:.2f} GiB free on its disk, below the {min_free_gb:g} GiB needed "
             "for checkpoints (min_free_disk_gb). Free some space or choose an output_dir on another disk."
-        )
-
-
-def _tokens(split) -> int | None:
-    """Real (non-padding) tokens in a tokenized split: the attention mask's ones, else the input_ids lengths."""
-    if not hasattr(split, "__len__") or "input_ids" not in (split.column_names or []):
-        return None
-    if "attention_mask" in split.column_names:
-        return int(pc.sum(pc.list_flatten(split.with_format("arrow")["attention_mask"])).as_py() or 0)
-    return int(pc.sum(pc.list_value_length(split.with_format("arrow")["input_ids"])).as_py() or 0)
-
-
-def plan_run(trainer: Trainer, splits: dict, timed_batches: int = 3) -> dict:
-    """What `trainer.train()` would do: examples and tokens per split, optimizer steps, global batch, time estimate.
-    The time comes from forward + backward of `timed_batches` real batches among the first 64, after a warm-up one;
-    no optimizer step, gradients and torch RNG restored, nothing written. Optimizer update, eval, saves: left out.
-    Under FSDP or DeepSpeed the model is sharded only when training starts, and a backward pass through the bare
-    model would not run there: the plan then has no time estimate."""
-    args, model = trainer.args, trainer.model
-    dataloader = trainer.get_train_dataloader()
-    epochs, per_epoch, _, _, global_batch, batches, total = trainer.set_initial_training_values(args, dataloader)
-    plan = {
-        "examples": {name: len(split) for name, split in splits.items() if hasattr(split, "__len__")},
-        "tokens": {name: _tokens(split) for name, split in splits.items()},
-        "epochs": epochs if epochs < 2**31 else None,  # a stream without length: sys.maxsize
-        **{"steps_per_epoch": per_epoch, "total_steps": total, "global_batch": global_batch},
-        **{"per_device_batch": args.per_device_train_batch_size, "world_size": max(1, args.world_size)},
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-    }
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        return {**plan, "timed_batches": 0, "seconds_per_step": None, "estimated_train_seconds": None}
-    span = max(2, min(batches or timed_batches + 1, 64))
-    wanted = {0} | {1 + round(i * (span - 2) / max(1, timed_batches - 1)) for i in range(timed_batches)}
-    times, was_training = [], model.training
-    model.train()
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        for index, batch in zip(range(max(wanted) + 1), dataloader):
-            if index in wanted:
-                inputs, start = trainer._prepare_inputs(batch), time.perf_counter()
-                with trainer.compute_loss_context_manager():
-                    loss = trainer.compute_loss(model, inputs)
-                trainer.accelerator.backward(loss)
-                torch.cuda.synchronize() if torch.cuda.is_available() else None
-                times.append(time.perf_counter() - start)
-                model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    times = times[1:] or times  # the first batch is a warm-up, unless it is the only one; median: robust to a stall
-    step = statistics.median(times) * args.gradient_accumulation_steps if times else None
-    plan.update(timed_batches=len(times), seconds_per_step=step, estimated_train_seconds=step and step * total)
-    return plan
-
-
-def print_plan(plan: dict) -> None:
-    """Log the plan in a few readable lines."""
-    p, epochs = plan, f", {plan['epochs']} epochs" if plan["epochs"] else ""
-    for name, count in p["examples"].items():
-        tokens = f", {p['tokens'][name]:,} tokens" if p["tokens"][name] is not None else ""
-        logger.info(f"dry run: {name}: {count} examples{tokens}")
-    logger.info(
-        f"dry run: {p['total_steps']} optimizer steps ({p['steps_per_epoch']} per epoch{epochs}); global batch "
-        f"{p['global_batch']} = {p['per_device_batch']} per device x {p['gradient_accumulation_steps']} accumulation "
-        f"x {p['world_size']} processes"
-    )
-    if p["estimated_train_seconds"] is None:
-        logger.info("dry run: no time estimate under FSDP or DeepSpeed (the model is sharded when training starts).")
-    else:
-        logger.info(
-            f"dry run: about {p['seconds_per_step']:.3f} s per optimizer step (forward + backward, "
-            f"{p['timed_batches']} timed batches): {p['estimated_train_seconds'] / 60:.1f} min of training, "
-            "without evaluation and saves."
         )
