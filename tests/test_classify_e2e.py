@@ -365,7 +365,7 @@ def test_lora_run_saves_the_adapter_once_and_merges_without_copying_the_live_mod
     [
         (["--validation_split_percentage", "0", "--load_best_model_at_end", "true"],
          "No validation split, so evaluation is off: --load_best_model_at_end requires the save and eval strategy"),
-        (["--early_stopping_patience", "2", "--save_strategy", "steps"],
+        (["--early_stopping_patience", "2", "--save_strategy", "steps", "--eval_strategy", "epoch"],
          "early_stopping_patience keeps the best model: --load_best_model_at_end requires the save and eval strategy"),
     ],
     ids=["no-validation-but-best-model", "early-stopping-with-mismatched-strategies"],

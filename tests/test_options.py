@@ -376,3 +376,8 @@ def write_yaml(text: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(text)
     return handle.name
+
+
+def test_an_interval_under_a_strategy_the_user_turned_off_is_left_alone():
+    *_, training = parse("--save_strategy", "steps", "--save_steps", "4", "--save_strategy", "no")  # an override
+    assert training.save_strategy == "no"

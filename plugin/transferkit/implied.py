@@ -69,8 +69,8 @@ def _step_intervals(values: dict[str, Any], where: dict[str, str]) -> None:
     for interval, strategy in STEP_INTERVALS.items():
         if interval not in where or values.get(interval) is None or strategy not in values:
             continue
-        if _word(values[strategy]) == "steps":
-            continue
+        if _word(values[strategy]) == "steps" or (strategy in where and _word(values[strategy]) == "no"):
+            continue  # steps: it counts; a strategy the user turned off: nothing to count
         if strategy in where:
             fix = f"set {strategy} to steps, or remove {interval}."
             if _winner(interval, strategy, values, where, fix) == strategy:
