@@ -36,11 +36,9 @@ class RangedArgumentParser(HfArgumentParser):
     @staticmethod
     def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
         allowed = option_range(field)
-        if "range" in field.metadata or allowed is not None:
+        if allowed is not None:  # a field with `range` metadata always has one
             metadata = {key: value for key, value in field.metadata.items() if key != "range"}
-            metadata["help"] = (
-                f"{metadata.get('help', '')} Range: {allowed}.".strip() if allowed else metadata.get("help")
-            )
+            metadata["help"] = f"{metadata.get('help', '')} Range: {allowed}.".strip()
             field = copy.copy(field)
             field.metadata = types.MappingProxyType(metadata)
         HfArgumentParser._parse_dataclass_field(parser, field)

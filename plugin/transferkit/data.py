@@ -406,9 +406,10 @@ def set_aside_unlabelled_blank_rows(
     The label rules (labels.py) need a label in every row of a labelled split; these rows are neither predicted nor
     scored, so they skip those rules and come back, label None, with `restore_rows`.
     """
-    labels = split[label_column][:]
-    flags = has_text({column: split[column][:] for column in text_columns}, text_columns)
-    aside = [index for index, (label, flag) in enumerate(zip(labels, flags)) if not flag and label in (None, "")]
+    with_text = set(rows_with_text(split, text_columns))
+    aside = [
+        index for index, label in enumerate(split[label_column][:]) if index not in with_text and label in (None, "")
+    ]
     if not aside:
         return split, split.select([]), []
     aside_set = set(aside)
