@@ -59,10 +59,11 @@ def _resolve_token(repo_id: str, token: str | None) -> str:
     return token
 
 
-def _reason(err: BaseException, token: str) -> str:
+def first_line(err: BaseException, token: str | None) -> str:
     """The first line of an error, with the token masked in case a server ever echoes it."""
     text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__).replace(token, "***")
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line.replace(token, "***") if token else line
 
 
 def _status(err: BaseException) -> int | None:
@@ -87,7 +88,7 @@ def check_push_access(
             raise TransferKitError(f"the Hugging Face token was rejected by {api.endpoint}: {NO_TOKEN_HELP}") from None
         if not isinstance(err, HfHubHTTPError) and not _is_transient(err):
             raise
-        raise TransferKitError(f"cannot check the token with {api.endpoint}: {_reason(err, token)}") from None
+        raise TransferKitError(f"cannot check the token with {api.endpoint}: {first_line(err, token)}") from None
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.auth_check(repo_id, write=True)
@@ -95,7 +96,7 @@ def check_push_access(
         if not isinstance(err, HfHubHTTPError) and not _is_transient(err):
             raise
         raise TransferKitError(
-            f"user {user!r} cannot create or write {repo_id!r} on {api.endpoint} ({_reason(err, token)}); "
+            f"user {user!r} cannot create or write {repo_id!r} on {api.endpoint} ({first_line(err, token)}); "
             "use a repo in your namespace or in an organization you can write to, and a write token"
         ) from None
     logger.info("Hub access checked: %s can write %s%s", user, repo_id, f" (revision {revision})" if revision else "")
@@ -174,7 +175,7 @@ def push_output_dir(
             logger.info("pushed %d files from %s to %s", len(files), root, url)
             return url
         except Exception as err:  # whatever broke, the user needs the retry command, not a bare traceback
-            reason = _reason(err, token)
+            reason = first_line(err, token)
             if not _is_transient(err) or attempt > retries:
                 raise PushError(
                     f"pushing {root} to {repo_id} failed after {attempt} attempt(s): {reason}. The local "

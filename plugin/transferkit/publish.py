@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from huggingface_hub import HfApi
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -29,6 +30,7 @@ from transferkit.hub import (
     MERGED_DIR,
     PushError,
     check_push_access,
+    first_line,
     push_checkpoint,
     push_output_dir,
 )
@@ -116,7 +118,7 @@ class HubCheckpointPush(TrainerCallback):
 
     def __init__(self, target: PushTarget) -> None:
         self.target = target
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-checkpoint")
+        self.api = HfApi(token=target.token)  # its run_as_future queue: one upload at a time, in order
         self.pending: Future | None = None
         self.pushed: list[str] = []
 
@@ -137,7 +139,7 @@ class HubCheckpointPush(TrainerCallback):
         if self._busy():
             logger.info("Previous checkpoint upload still running: %s not pushed (hub_always_push waits).", folder)
             return
-        self.pending = self.executor.submit(self._push, folder)
+        self.pending = self.api.run_as_future(self._push, folder)
 
     def _push(self, folder: str) -> None:
         target = self.target
@@ -145,7 +147,7 @@ class HubCheckpointPush(TrainerCallback):
             url = push_checkpoint(folder, target.repo_id, strategy=target.strategy, token=target.token,
                                   private=target.private, revision=target.revision)  # fmt: skip
         except Exception as err:  # a Hub hiccup must not end hours of training; the final push retries
-            reason = _first_line(err, target.token)
+            reason = first_line(err, target.token)
             logger.warning("Pushing %s to %s failed (%s); training goes on.", folder, target.repo_id, reason)
             return
         self.pushed.append(os.path.basename(folder))
@@ -154,12 +156,6 @@ class HubCheckpointPush(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs) -> None:
         if self.pending is not None:
             self.pending.result()  # an upload in flight finishes before the final push starts
-
-
-def _first_line(err: BaseException, token: str | None) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line.replace(token, "***") if token else line
 
 
 def checkpoint_push_callbacks(push: PushTarget | None) -> list[TrainerCallback]:
