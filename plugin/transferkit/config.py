@@ -21,7 +21,7 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from transferkit.errors import TransferKitError
+from transferkit.errors import TransferKitError, as_user_error
 from transferkit.example_scripts import not_taken_message
 from transferkit.implied import COMMAND_LINE, settle
 from transferkit.ranges import check_ranges, option_range
@@ -127,12 +127,8 @@ def settle_and_check(
 def _build(dtype: type, values: dict[str, Any]) -> Any:
     """One dataclass from the parsed values (as HfArgumentParser does); its own checks' ValueError is one line."""
     names = {field.name for field in dataclasses.fields(dtype) if field.init}
-    try:
+    with as_user_error(dtype.__name__):
         return dtype(**{key: value for key, value in values.items() if key in names})
-    except TransferKitError:
-        raise
-    except ValueError as err:
-        raise TransferKitError(f"{dtype.__name__}: {' '.join(str(err).split())}") from None
 
 
 def parse_overrides(dataclass_types: Sequence[type], argv: Sequence[str], source: str = "command line") -> dict:

@@ -6,7 +6,8 @@ The message names the thing and the fix; the CLI prints it as one line, without 
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 # `--debug` is TrainingArguments' own option (underflow/overflow detection), so the traceback switch has its own name.
 DEBUG_FLAGS = ("--debug_errors", "--debug-errors")
@@ -16,6 +17,23 @@ TRUE_VALUES = ("true", "1", "yes", "y", "t")
 
 class TransferKitError(ValueError):
     """A problem with the user's input, raised before training starts, with a message that says how to fix it."""
+
+
+@contextmanager
+def as_user_error(prefix: str, kinds: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """A library's own check (a dataclass's `__post_init__`, mostly) failing inside the block becomes one
+    TransferKitError line that starts with `prefix`: the user sees which config or step it was, not a traceback."""
+    try:
+        yield
+    except TransferKitError:
+        raise
+    except kinds as err:
+        raise user_error(prefix, err) from None
+
+
+def user_error(prefix: str, err: Exception) -> TransferKitError:
+    """`err`'s text as one TransferKitError line after `prefix`."""
+    return TransferKitError(f"{prefix}: {' '.join(str(err).split())}")
 
 
 def exit_on_user_error(main: Callable[[], object], argv: Sequence[str] | None = None) -> None:

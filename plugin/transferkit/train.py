@@ -18,7 +18,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from transferkit.arguments import RunArguments
 from transferkit.distributed import check_requested_backend
-from transferkit.errors import TransferKitError
+from transferkit.errors import TransferKitError, as_user_error
 from transferkit.publish import PushTarget, checkpoint_push_callbacks, prepare_push
 from transferkit.reliability import check_output_dir_writable, exit_if_preempted, install_preemption_handler
 from transferkit.resume import ScheduleFastForward, StartPoint, clear_earlier_run, resolve_start
@@ -70,10 +70,8 @@ def setup_logging(training_args: TrainingArguments) -> None:
 def with_arguments(args: TrainingArguments, why: str, **changes) -> TrainingArguments:
     """A copy of `args` with `changes`, built anew so that TrainingArguments' own checks judge the result (setting a
     field on the object would skip them); a check that fails is one clear error that starts with `why`."""
-    try:
+    with as_user_error(why):
         return dataclasses.replace(args, **changes)
-    except ValueError as err:
-        raise TransferKitError(f"{why}: {' '.join(str(err).split())}") from None
 
 
 def without_evaluation_if_no_split(args: TrainingArguments, has_validation: bool) -> TrainingArguments:

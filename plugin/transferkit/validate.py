@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from transferkit.errors import TransferKitError
+from transferkit.errors import TransferKitError, as_user_error, user_error
 from transferkit.launch import (
     DEEPSPEED_INSTALL,
     RECIPE_PACKAGE,
@@ -140,17 +140,15 @@ def _build_dataclasses(types: tuple, values: dict[str, Any], notes: list[str], p
                     _build_one(dtype, {**kwargs, "use_cpu": True}, path)  # bf16 on a GPU config, checked on CPU
                     notes.append(f"checked as if on a GPU ({str(err).splitlines()[0]})")
                     continue
-                raise TransferKitError(f"{path}: {err}") from None
+                raise user_error(str(path), err) from None
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
 
 
 def _build_one(dtype: type, kwargs: dict[str, Any], path: Path) -> None:
-    try:
+    with as_user_error(str(path), (ValueError, TypeError)):
         dtype(**kwargs)
-    except (ValueError, TypeError) as err:
-        raise TransferKitError(f"{path}: {err}") from None
 
 
 def validate_accelerate_config(path: Path) -> list[str]:
