@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
-    metrics = train_and_save(trainer, start, push)
+    metrics = train_and_save(trainer, start, push, run_args.preemption_check_steps)
     if lora_args.use_peft:
         metrics.update(
             save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer, model_args)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,23 +184,58 @@ def test_sigterm_under_two_process_ddp(tiny_bert, reviews_csv, baseline, tmp_pat
         *("-m", "accelerate.commands.launch", "--main_process_port", "0"),
         *("--config_file", os.path.join(REPO, "accelerate_configs", "cpu_ddp.yaml")),
     )
-    args = run_args(tiny_bert, reviews_csv, out, "--per_device_train_batch_size", "8")
+    args = run_args(tiny_bert, reviews_csv, out, "--per_device_train_batch_size", "8", "--preemption_check_steps", "4")
     process = start_paused(args, "in_step:5", marker, launcher)
     wait_for([f"{marker}.0", f"{marker}.1"], process, timeout=400)
     process.send_signal(signal.SIGTERM)  # to the launcher only, as `kill <pid>` or a scheduler would
     log = finish(process, marker)
-    assert "preempted: checkpoint saved at" in log, log[-3000:]
+    assert f"preempted: checkpoint saved at {out / 'checkpoint-8'}" in log, log[-3000:]
     # the launcher itself re-raises the signal after its workers exited (torch elastic's SignalException)
     assert all("SignalException" in trace for trace in log.split("Traceback")[1:]), log[-3000:]
-    assert last_valid_checkpoint(str(out)) == str(out / "checkpoint-6")
-    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(out / "checkpoint-6"))
+    assert last_valid_checkpoint(str(out)) == str(out / "checkpoint-8")  # the ranks agree at steps 4, 8, 12
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(out / "checkpoint-8"))
 
     resume = [*args, "--resume_from_checkpoint", "auto", "--log_level", "info"]  # info: Trainer says where it resumed
     process = start_paused(resume, "in_step:-1", tmp_path / "resumed", launcher)
     log = finish(process, tmp_path / "resumed", timeout=400)
     assert process.returncode == 0, log[-3000:]
-    assert "Resuming training from checkpoint with epoch 0 and global step 6" in log
+    assert "Resuming training from checkpoint with epoch 0 and global step 8" in log
     assert_matches_baseline(out, baseline)  # 2 x 8 under DDP = 1 x 16 (the loss-scaling fix in the recipe)
+
+
+class CountingAccelerator:
+    """What PreemptionCallback asks of accelerate's Accelerator, counting the trigger checks (each one an
+    all-reduce and a host-device sync in a real multi-process run)."""
+
+    def __init__(self, num_processes: int) -> None:
+        self.num_processes, self.flag, self.checks = num_processes, False, []
+
+    def set_trigger(self) -> None:
+        self.flag = True
+
+    def check_trigger(self) -> bool:
+        self.checks.append(True)
+        fired, self.flag = self.flag, False
+        return fired
+
+
+@pytest.mark.parametrize("num_processes, expected_checks", [(1, 0), (2, 2)])
+def test_the_ranks_agree_on_a_sigterm_every_preemption_check_steps(num_processes, expected_checks, tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from transferkit.reliability import PreemptionCallback
+
+    accelerator = CountingAccelerator(num_processes)
+    callback = PreemptionCallback(accelerator, check_every=4)
+    args, state = SimpleNamespace(output_dir=str(tmp_path)), TrainerState()
+    for step in range(1, 14):
+        state.global_step = step
+        callback.requested = step >= 5  # SIGTERM during step 5
+        callback.on_step_end(args, state, TrainerControl())
+        if callback.stopped_at is not None:
+            break
+    assert len(accelerator.checks) == expected_checks  # 2 processes: steps 4, 8 (and none after the stop)
+    assert callback.stopped_at == (5 if num_processes == 1 else 8)
 
 
 def fake_checkpoint(root, step: int):

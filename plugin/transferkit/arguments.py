@@ -228,6 +228,14 @@ class RunArguments:
     min_free_disk_gb: float = field(
         default=1.0, **_help("Fail early when output_dir's disk has less free space.", range=at_least(0))
     )
+    preemption_check_steps: int = field(
+        default=10,
+        **_help(
+            "Under several processes, the ranks agree on a SIGTERM every this many optimizer steps (a host-device "
+            "sync on GPUs); the scheduler's grace period must cover these steps plus one checkpoint save.",
+            range=at_least(1),
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_own_ranges(self)

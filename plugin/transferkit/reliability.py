@@ -24,12 +24,17 @@ class TrainingPreempted(SystemExit):
 
 
 class PreemptionCallback(TrainerCallback):
-    """On SIGTERM (preemption, torchrun/SLURM shutdown) save a checkpoint at the next step end and stop. The handler
-    only sets a flag; at each step end accelerate's trigger (`set_trigger` / `check_trigger`, a max over the ranks)
-    makes every rank stop at the same step. The handler is set for `train()` only."""
+    """On SIGTERM (preemption, torchrun/SLURM shutdown) save a checkpoint and stop. The handler only sets a flag.
 
-    def __init__(self, accelerator: Accelerator, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
-        self.accelerator, self.signals = accelerator, signals
+    One process stops at the next step end. Several agree on the step through accelerate's trigger (`set_trigger` /
+    `check_trigger`, a max over the ranks): an all-reduce and a `.item()`, which on a GPU makes the host wait for the
+    device, so it runs every `check_every` optimizer steps only; the grace period before SIGKILL must cover that many
+    steps and one save. The handler is set for `train()` only."""
+
+    def __init__(
+        self, accelerator: Accelerator, signals: tuple[int, ...] = (signal.SIGTERM,), check_every: int = 1
+    ) -> None:
+        self.accelerator, self.signals, self.check_every = accelerator, signals, check_every
         self.requested, self._previous, self.stopped_at, self.checkpoint = False, {}, None, None
 
     def _handle(self, signum, frame) -> None:
@@ -43,10 +48,15 @@ class PreemptionCallback(TrainerCallback):
         if getattr(loader, "num_workers", 0):  # workers start at the first iter(), after this
             loader.worker_init_fn = functools.partial(_ignore_in_worker, self.signals, loader.worker_init_fn)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def _stop_now(self, step: int) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self.requested
         if self.requested:
             self.accelerator.set_trigger()
-        if self.stopped_at is None and self.accelerator.check_trigger():
+        return step % self.check_every == 0 and self.accelerator.check_trigger()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and self._stop_now(state.global_step):
             self.stopped_at = state.global_step
             self.checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             control.should_save = control.should_training_stop = control.should_log = True
@@ -71,11 +81,11 @@ def _ignore_in_worker(signals: tuple[int, ...], init_fn, worker_id: int) -> None
         init_fn(worker_id)
 
 
-def install_preemption_handler(trainer: Trainer, signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionCallback:
+def install_preemption_handler(trainer: Trainer, check_every: int = 1) -> PreemptionCallback:
     """Add a PreemptionCallback to `trainer`, once (later calls return it); its handler is active during `train()`."""
     found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreemptionCallback)]
     if not found:
-        found.append(PreemptionCallback(trainer.accelerator, signals))
+        found.append(PreemptionCallback(trainer.accelerator, check_every=check_every))
         trainer.add_callback(found[0])
     return found[0]
 

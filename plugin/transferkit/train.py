@@ -26,13 +26,15 @@ from transferkit.resume import ScheduleFastForward, StartPoint, clear_earlier_ru
 logger = logging.getLogger(__name__)
 
 
-def train_and_save(trainer: Trainer, start: StartPoint, push: PushTarget | None = None) -> dict[str, float]:
+def train_and_save(
+    trainer: Trainer, start: StartPoint, push: PushTarget | None = None, preemption_check_steps: int = 1
+) -> dict[str, float]:
     """Train from `start` (deleting the run that overwrite_output_dir replaces first), pushing checkpoints as
-    `hub_strategy` asks, with SIGTERM saving a checkpoint and exiting 0; then save the final model and tokenizer
-    and record the metrics."""
+    `hub_strategy` asks, with SIGTERM saving a checkpoint (ranks agree every `preemption_check_steps`) and exiting
+    0; then save the final model and tokenizer and record the metrics."""
     for callback in checkpoint_push_callbacks(push):
         trainer.add_callback(callback)
-    install_preemption_handler(trainer)  # SIGTERM: checkpoint at the next step end, then stop
+    install_preemption_handler(trainer, preemption_check_steps)  # SIGTERM: checkpoint, then stop
     if start.replace_earlier:
         clear_earlier_run(trainer)
     if start.model_only:
