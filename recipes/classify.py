@@ -32,7 +32,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 from transferkit.arguments import ClassificationArguments, DataArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
 from transferkit.data import load_classification_splits
-from transferkit.distributed import check_requested_backend
+from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes
 from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import exit_on_user_error
 from transferkit.head_warmup import head_warmup
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     callbacks += [warmup] if warmup else []
     log_run_plan(tokenized, training_args)
 
+    fill_fsdp_layer_classes(model, training_args)  # under FSDP: the layers to shard, unless set
     weights = cls_args.class_weights and class_weights(spec, tokenized["train"]["label"], cls_args.class_weights)
     trainer = ClassificationTrainer(  # Trainer + class weights + length-sorted evaluation (transferkit.trainers)
         model=model,

@@ -39,7 +39,7 @@ from transformers import TrainingArguments, set_seed
 from transferkit.arguments import DataArguments, MLMArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
 from transferkit.data import load_corpus_splits
-from transferkit.distributed import check_requested_backend
+from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes
 from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.head_warmup import head_warmup
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     warmup = head_warmup(mlm_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0
     log_run_plan(tokenized, training_args)
 
+    fill_fsdp_layer_classes(model, training_args)  # under FSDP: the layers to shard, unless set
     trainer = MLMTrainer(
         model=model,
         args=training_args,

@@ -3,15 +3,24 @@
 On a machine without GPUs accelerate drops FSDP2 without a word (the processes train with plain DDP, each holding
 the whole model) and FSDP through TrainingArguments trains with MULTI_CPU: the run "works" and is not what was
 asked. Recipes call `check_requested_backend(training_args)` right after parsing (before any data or model is
-loaded) and `check_requested_backend(trainer)` once the Trainer exists (the definitive check).
+loaded) and `check_requested_backend(trainer)` once the Trainer exists (the definitive check). The same check
+refuses `torch.nn.DataParallel`: a plain `python recipe.py` on a machine with several GPUs (`check_not_data_parallel`).
+
+`fill_fsdp_layer_classes(model, args)`, called just before the Trainer is built, names the layer classes FSDP wraps
+one by one when the user did not, so that one fsdp.yaml fits every model.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from torch import nn
+
 from transferkit.errors import TransferKitError
+
+logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes")
 
@@ -57,6 +66,7 @@ def check_requested_backend(trainer_or_args: Any, recipe: str = "<recipe>") -> N
     """
     trainer = trainer_or_args if hasattr(trainer_or_args, "accelerator") else None
     args = trainer.args if trainer is not None else trainer_or_args
+    check_not_data_parallel(args, recipe)
     fsdp_why, deepspeed_why = fsdp_request(args), deepspeed_request(args)
     if trainer is None:
         if fsdp_why and args.device.type == "cpu":
@@ -67,3 +77,79 @@ def check_requested_backend(trainer_or_args: Any, recipe: str = "<recipe>") -> N
         raise TransferKitError(_message("FSDP", fsdp_why, actual, recipe, "fsdp"))
     if deepspeed_why and not trainer.is_deepspeed_enabled:
         raise TransferKitError(_message("DeepSpeed", deepspeed_why, actual, recipe, "zero3"))
+
+
+def check_not_data_parallel(args: Any, recipe: str = "<recipe>") -> None:
+    """Refuse what Trainer does when one process sees several GPUs: wrap the model in `torch.nn.DataParallel`.
+
+    Refused for every recipe, not only with the sparse MLM head. DataParallel copies the model onto each GPU at
+    every forward, so an instance-level patched forward such as the sparse head's (sparse_mlm.py) is not what the
+    replicas run; beyond that, PyTorch itself recommends DistributedDataParallel over DataParallel "even if there
+    is only a single node" (torch.nn.DataParallel docs, https://pytorch.org/docs/stable/generated/
+    torch.nn.DataParallel.html), and TransferKit's runs are checked single-process and under DDP only. Trainer
+    wraps when `args.n_gpu > 1` (transformers trainer.py `_wrap_model`), which TrainingArguments only reports
+    outside a distributed launch (`parallel_mode` NOT_DISTRIBUTED); a 4-bit model is not wrapped but would then
+    train on one GPU of several, which the same message covers.
+    """
+    gpus = getattr(args, "n_gpu", 0)
+    if gpus > 1:
+        raise TransferKitError(
+            f"This process sees {gpus} GPUs, so Trainer would train with torch.nn.DataParallel, which TransferKit "
+            "does not support (PyTorch recommends DistributedDataParallel). Use all the GPUs with one process each: "
+            f"`transferkit run {recipe} --accelerate_config multi_gpu ...` or `accelerate launch --config_file "
+            f"accelerate_configs/multi_gpu.yaml -m transferkit.recipes.{recipe} ...`; or train on one GPU: "
+            "CUDA_VISIBLE_DEVICES=0."
+        )
+
+
+# accelerate's FullyShardedDataParallelPlugin reads this when its `transformer_cls_names_to_wrap` is None, both
+# when `accelerate launch` passed an FSDP config (accelerate/utils/dataclasses.py, __post_init__, env prefix
+# "FSDP_") and when TrainingArguments' fsdp_config names no transformer_layer_cls_to_wrap (transformers
+# training_args.py only passes the argument when set). `accelerate launch` exports it from
+# fsdp_transformer_layer_cls_to_wrap in the config or on the command line (accelerate/utils/launch.py).
+LAYER_CLASSES_ENV = "FSDP_TRANSFORMER_CLS_TO_WRAP"
+_filled: str | None = None  # the value TransferKit set last in this process (a pipeline builds several Trainers)
+
+
+def fsdp_layer_classes(model: nn.Module) -> list[str]:
+    """The class names FSDP should wrap one by one in `model`: its `_no_split_modules` that it contains, else the
+    class of the blocks in its largest `nn.ModuleList` (by parameters): the repeated transformer layers.
+
+    accelerate's own fallback is `_no_split_modules` alone (accelerate/utils/fsdp_utils.py,
+    `fsdp2_prepare_auto_wrap_policy`); models without it (DeBERTa-v2, DistilBERT, ELECTRA, ALBERT, MPNet in
+    transformers 5.24) would then get no per-layer FSDP unit: the whole model gathered at once on every GPU.
+    """
+    present = {type(module).__name__ for module in model.modules()}
+    declared = [name for name in sorted(getattr(model, "_no_split_modules", None) or []) if name in present]
+    if declared:
+        return declared
+    lists = [module for module in model.modules() if isinstance(module, nn.ModuleList) and len(module) > 0]
+    if not lists:
+        return []
+    largest = max(lists, key=lambda blocks: (sum(p.numel() for p in blocks.parameters()), len(blocks)))
+    return sorted({type(block).__name__ for block in largest})
+
+
+def fill_fsdp_layer_classes(model: nn.Module, args: Any) -> list[str] | None:
+    """Under FSDP, name `model`'s layer classes for accelerate's TRANSFORMER_BASED_WRAP unless the user did.
+
+    fsdp.yaml leaves fsdp_transformer_layer_cls_to_wrap out because no one class fits every model (BertLayer,
+    RobertaLayer, ModernBertEncoderLayer, Qwen2DecoderLayer, ...), and a class the model lacks stops accelerate at
+    prepare. Set through the environment variable accelerate reads, before the Trainer builds its Accelerator; a
+    value from the accelerate config, the launch command line or fsdp_config wins. Returns the classes set, or None.
+    """
+    global _filled
+    if fsdp_request(args) is None:
+        return None
+    user_env = os.environ.get(LAYER_CLASSES_ENV)
+    user_config = (getattr(args, "fsdp_config", None) or {}).get("transformer_layer_cls_to_wrap")
+    if user_config or (user_env and user_env != _filled):
+        logger.info("FSDP wraps the layer classes the user named: %s", user_config or user_env)
+        return None
+    classes = fsdp_layer_classes(model)
+    if not classes:
+        logger.warning("Found no repeated layers in %s: set fsdp_transformer_layer_cls_to_wrap", type(model).__name__)
+        return None
+    _filled = os.environ[LAYER_CLASSES_ENV] = ",".join(classes)
+    logger.info("FSDP wraps each %s as one unit (fsdp_transformer_layer_cls_to_wrap sets others)", _filled)
+    return classes

@@ -136,14 +136,25 @@ def _build_dataclasses(types: tuple, values: dict[str, Any], notes: list[str], p
             except ImportError as err:
                 notes.append(f"{dtype.__name__} not fully checked: {err}")
             except (ValueError, TypeError) as err:
-                if "use_cpu" in str(err) and not kwargs.get("use_cpu") and not gpu_available():
-                    _build_one(dtype, {**kwargs, "use_cpu": True}, path)  # bf16 on a GPU config, checked on CPU
+                as_on_gpu = _as_if_on_a_gpu(str(err), kwargs)
+                if as_on_gpu is not None:  # bf16 or QLoRA in a GPU config, checked on this machine
+                    _build_one(dtype, {**kwargs, **as_on_gpu}, path)
                     notes.append(f"checked as if on a GPU ({str(err).splitlines()[0]})")
                     continue
                 raise user_error(str(path), err) from None
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+def _as_if_on_a_gpu(error: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """What lets a GPU config's dataclass be built on a machine without CUDA (or bitsandbytes), when that is all
+    its error is about: use_cpu for bf16/fp16, QLoRA's 4-bit loading off."""
+    if "use_cpu" in error and not kwargs.get("use_cpu") and not gpu_available():
+        return {"use_cpu": True}
+    if error.startswith("load_in_4bit (QLoRA) needs a CUDA GPU") and kwargs.get("load_in_4bit"):
+        return {"load_in_4bit": False}
+    return None
 
 
 def _build_one(dtype: type, kwargs: dict[str, Any], path: Path) -> None:
@@ -228,9 +239,9 @@ def _fsdp_problems(fsdp: dict, notes: list[str]) -> list[str]:
     layers = [name.strip() for name in str(fsdp.get("fsdp_transformer_layer_cls_to_wrap") or "").split(",") if name]
     if policy == "TRANSFORMER_BASED_WRAP":
         if not layers:
-            problems.append(
-                "TRANSFORMER_BASED_WRAP needs fsdp_transformer_layer_cls_to_wrap, the encoder's layer class "
-                "(BertLayer, RobertaLayer, DebertaV2Layer, ModernBertEncoderLayer; see fsdp.yaml)"
+            notes.append(
+                "fsdp_transformer_layer_cls_to_wrap is not set: the TransferKit recipes fill it from the model (its "
+                "_no_split_modules, else its repeated blocks); other scripts get accelerate's _no_split_modules alone"
             )
         for layer in layers:
             if layer not in transformers_classes():

@@ -97,6 +97,11 @@ if [ "$EXPECT_FSDP" = 1 ] && ! grep -q "^probe: .*fsdp True" "$WORK_DIR/probe.lo
     exit 1
 fi
 run_classify "$ACCELERATE_CONFIG" "$WORK_DIR/fsdp"
+# fsdp.yaml names no layer class: the recipe fills it from the model (transferkit.distributed.fill_fsdp_layer_classes).
+if [ "$EXPECT_FSDP" = 1 ] && ! grep -q "FSDP wraps each BertEmbeddings,BertLayer as one unit" "$WORK_DIR/fsdp.log"; then
+    echo "FAIL: the recipe did not name BERT's layer classes for FSDP (see $WORK_DIR/fsdp.log)" >&2
+    exit 1
+fi
 
 # 3. Throughput, and the saved model: one full (gathered) state dict that loads without FSDP.
 report() {  # $1: output dir, $2: label
