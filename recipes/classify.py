@@ -46,7 +46,7 @@ from transferkit.models import (
     load_tokenizer,
     resolve_max_seq_length,
 )
-from transferkit.preprocess import tokenize_for_classification
+from transferkit.preprocess import main_process_first, report_preprocessed, tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reports import predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
@@ -98,10 +98,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     training_args, start, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
 
-    splits, text_columns, spec = load_classification_splits(
-        data_args, model_args, cls_args.problem_type, training_args.seed, skip=splits_off(training_args)
-    )
-    splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
+    # the main process checks, cleans and caches the data; the others then read its cache (and raise its errors)
+    with main_process_first(training_args, desc="loading, checking and cleaning the data"):
+        splits, text_columns, spec = load_classification_splits(
+            data_args, model_args, cls_args.problem_type, training_args.seed, skip=splits_off(training_args)
+        )
+        splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the new head's initial weights come from this seed
     model = load_classifier(model_args, spec, **quantization_kwargs(lora_args, training_args))
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
+    if data_args.preprocess_only:  # the data is in the datasets cache: the training launch comes next
+        report_preprocessed(tokenized, "classify")
+        return {}
     pad_to = max_seq_length if data_args.pad_to_max_length else None  # fixed shapes, for TPUs and compiled graphs
     training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0

@@ -52,6 +52,7 @@ from transferkit.models import (
     load_tokenizer,
     resolve_max_seq_length,
 )
+from transferkit.preprocess import main_process_first, report_preprocessed
 from transferkit.publish import finish_run
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
@@ -106,14 +107,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, mlm_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__, refused=REFUSED
     )
+    if mlm_args.streaming and data_args.preprocess_only:
+        raise TransferKitError("preprocess_only has nothing to cache with streaming: true (a stream is never cached).")
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true has no length to count epochs in (the stream repeats): set max_steps.")
     training_args, start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
 
-    splits, text_columns = load_corpus_splits(
-        data_args, model_args, mlm_args.streaming, training_args.seed, skip=splits_off(training_args)
-    )
-    splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
+    # the main process checks, cleans and caches the corpus; the others then read its cache (and raise its errors)
+    with main_process_first(training_args, desc="loading, checking and cleaning the corpus"):
+        splits, text_columns = load_corpus_splits(
+            data_args, model_args, mlm_args.streaming, training_args.seed, skip=splits_off(training_args)
+        )
+        splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)
     model = load_language_model(model_args, mlm_args.objective, **quantization_kwargs(lora_args, training_args))
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     check_tokenizer_fits(tokenizer, model, model_args)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_mlm(splits, tokenizer, text_columns, max_seq_length, data_args, mlm_args, training_args)
+    if data_args.preprocess_only:  # the data is in the datasets cache: the training launch comes next
+        report_preprocessed(tokenized, "mlm")
+        return {}
     sparse_head = mlm_args.sparse_head and not clm
     if sparse_head:
         enable_sparse_mlm_head(model)

@@ -177,6 +177,14 @@ def test_apply_text_cleaning_dataset_dict_two_columns(nltk_home):
 
 
 @needs_data_packages
+def test_apply_text_cleaning_streamed_splits(nltk_home):
+    """A streamed corpus (mlm's `streaming: true`) is cleaned lazily: no workers, no cache, the same text."""
+    streamed = datasets.IterableDatasetDict({"train": datasets.Dataset.from_dict(_reviews()).to_iterable_dataset()})
+    cleaned = apply_text_cleaning(streamed, ["text"], _args(**ALL_OPTIONS), num_proc=2)
+    assert [row["text"] for row in cleaned["train"]] == EXPECTED_CLEAN
+
+
+@needs_data_packages
 def test_apply_text_cleaning_is_cached_and_works_in_workers(nltk_home, tmp_path):
     datasets.Dataset.from_dict(_reviews()).save_to_disk(str(tmp_path / "ds"))
     stored = datasets.load_from_disk(str(tmp_path / "ds"))

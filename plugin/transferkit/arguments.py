@@ -130,9 +130,24 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, **_help("Keep only this many validation examples.", range=COUNT))
     max_test_samples: int | None = field(default=None, **_help("Keep only this many test examples.", range=COUNT))
     preprocessing_num_workers: int | None = field(
-        default=None, **_help("Processes used for tokenization.", range=COUNT)
+        default=None,
+        **_help(
+            "Processes used for tokenization (and clean_text). Default: one per 25,000 rows of a split, up to the "
+            "usable CPU cores (at most 8): a split under 50,000 rows is done in one process, where starting workers "
+            "would cost more than they save.",
+            range=COUNT,
+        ),
     )
     overwrite_cache: bool = field(default=False, **_help("Tokenize again instead of reusing the datasets cache."))
+    preprocess_only: bool = field(
+        default=False,
+        **_help(
+            "Load, check, clean and tokenize the data into the datasets cache, say where it is, and exit before "
+            "training. Run it once, in one process, before a multi-process or multi-node launch: the training run "
+            "(same data, model and preprocessing options) then reads the cache instead of making every process "
+            "wait for rank 0 to tokenize within ddp_timeout."
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_own_ranges(self)

@@ -130,7 +130,7 @@ def _load_local_split(spec: str, option: str, extensions: tuple[str, ...], cache
     # the bad row: so files are checked first (csv rows always; everything in the head of a stream).
     head = STREAM_CHECK_LINES if streaming else None
     for path in files:
-        check_data_file(path, option, file_format, head, structure=file_format == "csv" or streaming)
+        check_data_file_once(path, option, file_format, head, file_format == "csv" or streaming, cache_dir)
     try:
         return load_dataset(
             file_format,
@@ -160,6 +160,50 @@ def check_data_file(
         problem = (_csv_problem if file_format == "csv" else _json_problem)(path, max_lines)
     if problem is not None:
         raise TransferKitError(f"{option}: {path} {problem}")
+
+
+def check_data_file_once(
+    path: str, option: str, file_format: str, max_lines: int | None, structure: bool, cache_dir: str | None
+) -> None:
+    """`check_data_file`, skipped when this file (same path, size and modification time) passed the same check
+    before: the main process checks, records the pass in the datasets cache, and the other processes of a launch
+    (which prepare the data after it, in `preprocess.main_process_first`) and later runs skip the pass over the
+    whole file. A file that fails is never recorded, so every process raises the same error and none is left
+    waiting at a barrier."""
+    marker = _check_marker(path, file_format, max_lines, structure, cache_dir)
+    if marker is not None and os.path.exists(marker):
+        return
+    check_data_file(path, option, file_format, max_lines, structure)
+    if marker is not None:
+        _write_marker(marker)
+
+
+def _check_marker(
+    path: str, file_format: str, max_lines: int | None, structure: bool, cache_dir: str | None
+) -> str | None:
+    """The file recording that `path` as it is now passed this check (the checker's source is in the key, so a
+    changed check runs again), or None when the file cannot be stat'ed."""
+    from datasets import config
+
+    from transferkit.preprocess import _module_source_hash
+
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = [os.path.realpath(path), stat.st_size, stat.st_mtime_ns, file_format, max_lines, structure]
+    digest = hashlib.sha256(json.dumps([*key, _module_source_hash(__name__)]).encode()).hexdigest()
+    return os.path.join(cache_dir or str(config.HF_DATASETS_CACHE), "transferkit_checked_files", digest)
+
+
+def _write_marker(marker: str) -> None:
+    """Best effort: a read-only cache only means the next process checks the file again."""
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w", encoding="utf-8"):
+            pass
+    except OSError as err:
+        logger.debug("Could not record a checked data file at %s: %s", marker, err)
 
 
 def _excerpt(line: str | bytes) -> str:

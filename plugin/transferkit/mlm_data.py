@@ -23,7 +23,7 @@ from transformers import (
 
 from transferkit.arguments import DataArguments, MLMArguments
 from transferkit.errors import TransferKitError
-from transferkit.preprocess import map_fingerprint
+from transferkit.preprocess import main_process_first, map_fingerprint, map_workers
 from transferkit.sparse_mlm import predicted_ids_and_labels, scored_accuracy
 
 EVAL_MASK_PROBABILITY = 0.15
@@ -60,26 +60,27 @@ def tokenize_for_mlm(
         "offsets": mlm_args.whole_word_mask,
         "eos_id": document_end_id(tokenizer) if clm else None,
     }
-    map_options = (
-        {}
-        if mlm_args.streaming
-        else {
-            "num_proc": data_args.preprocessing_num_workers,
-            "load_from_cache_file": not data_args.overwrite_cache,
-            "desc": "Tokenizing and chunking",
-        }
-    )
-    with training_args.main_process_first(desc="tokenizing"):
+    with main_process_first(training_args, desc="tokenizing"):
         chunked = {}
         for name, split in splits.items():
             columns = split.column_names or list(next(iter(split)))  # a streamed split may only know them at row 1
-            options = dict(map_options)
-            if not mlm_args.streaming:  # a stream is never cached
+            options = {} if mlm_args.streaming else _cached_map_options(split, data_args)  # a stream is never cached
+            if not mlm_args.streaming:
                 options["new_fingerprint"] = map_fingerprint(split, function, {**kwargs, "removed": columns})
             chunked[name] = split.map(function, batched=True, remove_columns=columns, fn_kwargs=kwargs, **options)
             if name != "train" and not clm:
-                chunked[name] = mask_for_evaluation(chunked[name], tokenizer, map_options)
+                masking = {} if mlm_args.streaming else _cached_map_options(chunked[name], data_args)
+                chunked[name] = mask_for_evaluation(chunked[name], tokenizer, masking)
     return type(splits)(chunked)
+
+
+def _cached_map_options(split, data_args: DataArguments) -> dict:
+    """`map` options of a split held in the datasets cache: workers by its size (preprocess.map_workers)."""
+    return {
+        "num_proc": map_workers(data_args.preprocessing_num_workers, len(split)),
+        "load_from_cache_file": not data_args.overwrite_cache,
+        "desc": "Tokenizing and chunking",
+    }
 
 
 def document_end_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -3,6 +3,10 @@
 The other ranks wait at `main_process_first` and then load the main process's cache files instead of tokenizing
 again, which is what keeps an N-process launch from doing the work N times (or hanging on a cold cache).
 
+`main_process_first` here is the one all of TransferKit's data preparation waits in: on a shared filesystem only the
+global main process works (see its docstring), and a wait that runs past `ddp_timeout` becomes an error naming the
+fix. `map_workers` picks each `map`'s num_proc: `preprocessing_num_workers`, else the usable cores for a large split.
+
 Each tokenizing `map` gets its cache key from `map_fingerprint`: datasets' own key plus the source of the mapped
 function's module, since datasets hashes a module-level function by its name only (an upgraded TransferKit whose
 tokenizing changed would otherwise read the old files).
@@ -10,17 +14,135 @@ tokenizing changed would otherwise read the old files).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import logging
+import os
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from transferkit.arguments import DataArguments
+from transferkit.errors import TransferKitError
+
+logger = logging.getLogger(__name__)
+
+# Auto workers (preprocessing_num_workers unset): a worker is worth its start-up (a forked process, the tokenizer
+# pickled to it, its shard written and read back) from about this many rows of a split on; at most this many workers.
+# Measured with tests/benchmarks/bench_preprocess.py (tests/benchmarks/README.md, "Preprocessing workers").
+ROWS_PER_WORKER = 25_000
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a Slurm or container limit), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def map_workers(requested: int | None, rows: int) -> int | None:
+    """num_proc for a `map` over `rows` rows: `requested` (preprocessing_num_workers) when set, else one worker per
+    ROWS_PER_WORKER rows up to the usable cores (at most MAX_AUTO_WORKERS); None (in-process) below two.
+
+    Small splits (the tests' fixtures, the 13k-row quickstart) stay in one process, where datasets' pool start-up
+    would cost more than it saves. A differing num_proc between runs still reuses the cache: datasets looks up the
+    shards written with any num_proc first (`Dataset.map`, "to avoid remapping when a different num_proc is given").
+    """
+    if requested is not None:
+        return requested if requested > 1 else None
+    workers = min(usable_cores(), MAX_AUTO_WORKERS, rows // ROWS_PER_WORKER)
+    return workers if workers > 1 else None
+
+
+@contextlib.contextmanager
+def main_process_first(training_args: TrainingArguments, desc: str) -> Iterator[None]:
+    """`training_args.main_process_first`, for data preparation whose results the other processes read from the
+    datasets cache; a wait past ddp_timeout raises a TransferKitError naming ddp_timeout and preprocess_only.
+
+    Which process goes first: the global main process (`local=False`) unless `save_on_each_node` says the nodes do
+    not share a filesystem. transformers' docstring of `TrainingArguments.main_process_first`: "In multi-node
+    environment with a shared filesystem you most likely will want to use `local=False` so that only the main process
+    of the first node will do the processing"; with `local=True` there, each node's main process would write the
+    same cache files at once. Nodes without a shared datasets cache set save_on_each_node: true (as for checkpoints).
+    """
+    first = training_args.main_process_first(local=training_args.save_on_each_node, desc=desc)
+    with _naming_the_timeout(training_args, desc):
+        first.__enter__()  # the other processes wait here, in a barrier, while the main process does the work
+    try:
+        yield
+    except BaseException:
+        if not first.__exit__(*sys.exc_info()):  # the main process still releases the others, then raises
+            raise
+    else:
+        with _naming_the_timeout(training_args, desc):
+            first.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _naming_the_timeout(training_args: TrainingArguments, desc: str) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors (gloo: "Timed out waiting 1800000ms")
+        if not is_timeout(err):
+            raise
+        raise TransferKitError(timeout_message(training_args, desc, err)) from err
+
+
+def is_timeout(err: BaseException) -> bool:
+    """A torch.distributed collective that gave up waiting: gloo raises RuntimeError("... Timed out waiting ...");
+    NCCL's DistBackendError says "timeout" (the NCCL watchdog may also abort the process without a Python error)."""
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def timeout_message(training_args: TrainingArguments, desc: str, err: BaseException) -> str:
+    return (
+        f"Process {training_args.process_index} waited ddp_timeout ({training_args.ddp_timeout} s) for the main "
+        f"process to finish {desc} and gave up: a large corpus takes longer than that in one process. Prepare the "
+        "data once before the training launch, in one process (`python recipes/<recipe>.py <the same arguments> "
+        "--preprocess_only true`): training then reads the datasets cache. Or raise ddp_timeout (seconds, e.g. "
+        f"--ddp_timeout 7200), or set preprocessing_num_workers. ({' '.join(str(err).split())[:200]})"
+    )
+
+
+def report_preprocessed(splits: DatasetDict, recipe: str) -> None:
+    """After preprocess_only: say where the cache is and how to launch the training that reads it."""
+    folders = sorted({os.path.dirname(entry["filename"]) for split in splits.values() for entry in split.cache_files})
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    argv = next_command(sys.argv[1:])
+    logger.info(
+        "preprocess_only: the data is checked and tokenized (%s examples) into the datasets cache at %s. Launch the "
+        "training next, with the same data, model and preprocessing options and the same HF_DATASETS_CACHE (or "
+        "cache_dir): it reads this cache instead of tokenizing again, e.g. `accelerate launch --config_file "
+        "<config.yaml> recipes/%s.py %s`.",
+        sizes,
+        ", ".join(folders) or "(in memory: nothing cached)",
+        recipe,
+        shlex.join(argv),
+    )
+
+
+def next_command(argv: list[str]) -> list[str]:
+    """`argv` without `--preprocess_only [true]`, plus `--preprocess_only false` when a --config may still set it."""
+    kept, skip = [], False
+    for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.split("=")[0] in ("--preprocess_only", "--preprocess-only"):
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            skip = "=" not in arg and following.lower() in ("true", "false", "1", "0", "yes", "no")
+            continue
+        kept.append(arg)
+    return kept + (["--preprocess_only", "false"] if "--config" in " ".join(kept) else [])
 
 
 def tokenize_for_classification(
@@ -42,13 +164,13 @@ def tokenize_for_classification(
         "max_seq_length": max_seq_length,
         "delimiter": data_args.text_column_delimiter,
     }
-    with training_args.main_process_first(desc="tokenizing"):
+    with main_process_first(training_args, desc="tokenizing"):
         return DatasetDict(
             {
                 name: split.map(
                     _tokenize_batch,
                     batched=True,
-                    num_proc=data_args.preprocessing_num_workers,
+                    num_proc=map_workers(data_args.preprocessing_num_workers, len(split)),
                     load_from_cache_file=not data_args.overwrite_cache,
                     fn_kwargs=fn_kwargs,
                     new_fingerprint=map_fingerprint(split, _tokenize_batch, fn_kwargs),

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datasets import IterableDataset
+
 from transferkit.errors import TransferKitError
 from transferkit.nltk_data import PUNKT_LANGUAGES, check_language, ensure_nltk_data, require_data
 
@@ -163,21 +165,29 @@ def apply_text_cleaning(
 
     Returns `dataset` itself when `args` is None or `args.clean_text` is false. Runs as a batched `map` with
     a module-level function and `fn_kwargs`, so datasets can fingerprint it and reuse its cache on the next
-    run. NLTK data is prepared here, in the main process, so a missing package fails once and early rather
-    than in every worker. None values stay None.
+    run (and the recipes' other processes, which clean after the main process, read its files). NLTK data is
+    prepared here, in the main process, so a missing package fails once and early rather than in every worker.
+    None values stay None. `num_proc` (preprocessing_num_workers) unset: workers by each split's size
+    (`preprocess.map_workers`).
     """
     if args is None or not args.clean_text:
         return dataset
     columns = [text_columns] if isinstance(text_columns, str) else list(text_columns)
     _check_text_columns(dataset, columns)
     ensure_nltk_data(need_punkt=True, need_stopwords=args.remove_stopwords, language=args.nltk_language)
-    return dataset.map(
-        _clean_batch,
-        batched=True,
-        fn_kwargs={"text_columns": columns, "args": args},
-        num_proc=num_proc,
-        desc=f"Cleaning {', '.join(columns)} with NLTK",
-    )
+    if isinstance(dataset, dict):  # a DatasetDict: each split with the workers its size is worth
+        return type(dataset)({name: _clean_split(split, columns, args, num_proc) for name, split in dataset.items()})
+    return _clean_split(dataset, columns, args, num_proc)
+
+
+def _clean_split(split: Any, columns: list[str], args: TextCleaningArguments, num_proc: int | None) -> Any:
+    from transferkit.preprocess import map_workers
+
+    options = {"batched": True, "fn_kwargs": {"text_columns": columns, "args": args}}
+    if isinstance(split, IterableDataset):  # a stream is cleaned as it is read: no workers, no cache, no length
+        return split.map(_clean_batch, **options)
+    workers = map_workers(num_proc, len(split))
+    return split.map(_clean_batch, num_proc=workers, desc=f"Cleaning {', '.join(columns)} with NLTK", **options)
 
 
 def _clean_batch(batch: dict[str, list], text_columns: list[str], args: TextCleaningArguments) -> dict:
@@ -193,15 +203,17 @@ def _check_text_columns(dataset: Any, columns: list[str]) -> None:
     """Fail with the column names available, instead of a KeyError deep inside `map`."""
     import datasets
 
-    if isinstance(dataset, datasets.DatasetDict):
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         splits = dict(dataset)
-    elif isinstance(dataset, datasets.Dataset):
+    elif isinstance(dataset, (datasets.Dataset, IterableDataset)):
         splits = {"dataset": dataset}
     else:
         raise TypeError(f"apply_text_cleaning expects a datasets.Dataset or DatasetDict, got {type(dataset)}")
     if not columns:
         raise TransferKitError("clean_text is set but no text column was given to clean.")
     for split, part in splits.items():
+        if part.column_names is None or part.features is None:  # a stream that only knows them at its first row
+            continue
         for column in columns:
             if column not in part.column_names:
                 raise TransferKitError(
