@@ -471,6 +471,13 @@ def test_recipe_dry_run_and_output_dir_check(tiny_bert, reviews_csv, tmp_path, c
         r"\+ 3 checkpoint saves of [\d.]+ MiB",
         log,
     )
+    memory = re.search(  # transferkit.memory's estimate (tests/test_memory.py checks its figures)
+        r"dry run: memory per device \(one process, fp32\): about ([\d.]+) MiB = weights [\d.]+ MiB \+ gradients "
+        r"[\d.]+ MiB \+ optimizer states [\d.]+ MiB \+ activations [\d.]+ MiB \(batch 16 x length (\d+);",
+        log,
+    )
+    assert memory and 0 < float(memory[1]) < 10 and 8 < int(memory[2]) <= 32  # the longest row, within max length
+    assert re.search(r"dry run: fits: cpu has [\d.]+ GiB of memory", log)
     assert not out.exists() or os.listdir(out) == []
     (tmp_path / "file").write_text("x")
     with pytest.raises(TransferKitError, match="cannot be written: .*file is a file, not a folder"):

@@ -1,6 +1,7 @@
 """`--dry_run true`: what `trainer.train()` would do, without doing it: examples, tokens, steps, the global batch,
-and how long the run would take (its training steps, evaluations and checkpoint saves, each timed on the real
-data, model and disk), leaving the model, the optimizer, the random state and output_dir as they were."""
+how long the run would take (its training steps, evaluations and checkpoint saves, each timed on the real
+data, model and disk) and how much memory it needs per device (memory.py), leaving the model, the optimizer, the
+random state and output_dir as they were."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+from transferkit import memory
+from transferkit.sparse_mlm import _is_sparse_forward
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +97,7 @@ def plan_run(trainer: Trainer, splits: dict, timed_batches: int = 5, max_timed_s
     batches' mean length, as short and long batches differ several-fold under length grouping. A test split's
     prediction (the recipes run it after training) is estimated apart, at the evaluation's rate. Left out:
     gradient all-reduce across processes, torch.compile, metric computation, Trainer's logging and callbacks.
+    The memory per device (`plan_memory`) is computed, not measured: it holds for the backend the run will use.
 
     Nothing is left changed: the trainable weights and buffers are copied (to the CPU, so no accelerator memory is
     needed beyond training's) and copied back, the optimizer is a throwaway one from the Trainer's own factory
@@ -111,6 +116,7 @@ def plan_run(trainer: Trainer, splits: dict, timed_batches: int = 5, max_timed_s
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         **count_evaluations_and_saves(args, total, per_epoch),
     }
+    plan["memory"] = plan_memory(trainer, splits.get("train"))
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         return {**plan, "timed_batches": 0, "seconds_per_step": None, "estimated_train_seconds": None}
     with _scratch_training_state(trainer) as optimizer:
@@ -283,6 +289,124 @@ def _time_test(trainer: Trainer, split, timed: int, rate: float | None) -> dict:
     return {"test_batches": batches, "test_prediction_seconds": seconds}
 
 
+def _backend(trainer: Trainer) -> tuple[str, dict]:
+    """The memory layout the run will use, as memory.BACKENDS names it, and ZeRO offload options: DeepSpeed's
+    ZeRO stage, FSDP's sharding strategy (FSDP2: reshard_after_forward False is shard-grad-op), else DDP across
+    processes or a single process."""
+    state = trainer.accelerator.state
+    if trainer.is_deepspeed_enabled:
+        plugin = state.deepspeed_plugin
+        zero = (plugin.deepspeed_config or {}).get("zero_optimization", {})
+        offloaded = {
+            f"offload_{kind}": str(zero.get(f"offload_{part}", {}).get("device", "none")) in ("cpu", "nvme")
+            for kind, part in (("optimizer", "optimizer"), ("params", "param"))
+        }
+        return f"zero{int(plugin.zero_stage or 0)}", offloaded
+    if trainer.is_fsdp_enabled:
+        plugin = state.fsdp_plugin
+        if getattr(plugin, "fsdp_version", 1) == 2:
+            return ("fsdp_full_shard" if plugin.reshard_after_forward else "fsdp_shard_grad_op"), {}
+        strategy = str(getattr(plugin, "sharding_strategy", "FULL_SHARD")).rsplit(".", 1)[-1].lower()
+        # HYBRID_SHARD shards within a node like FULL_SHARD: the world size is then an optimistic divisor
+        return {"no_shard": "fsdp_no_shard", "shard_grad_op": "fsdp_shard_grad_op"}.get(strategy, "fsdp_full_shard"), {}
+    return ("ddp" if max(1, trainer.args.world_size) > 1 else "single"), {}
+
+
+def _mixed_precision(trainer: Trainer) -> bool:
+    """bf16/fp16 mixed precision: Trainer's flags, or a DeepSpeed config that turns it on itself."""
+    if trainer.args.bf16 or trainer.args.fp16:
+        return True
+    if trainer.is_deepspeed_enabled:
+        config = trainer.accelerator.state.deepspeed_plugin.deepspeed_config or {}
+        return any(config.get(kind, {}).get("enabled") is True for kind in ("bf16", "fp16"))
+    return False
+
+
+def _padded_length(trainer: Trainer, split) -> int:
+    """The longest padded sequence a training batch can have: the collator's fixed max_length when it pads to
+    it, else the split's longest row (rounded up to pad_to_multiple_of); for a stream, the truncation limit."""
+    collator = trainer.data_collator
+    fixed = getattr(collator, "max_length", None) if getattr(collator, "padding", None) == "max_length" else None
+    if fixed:
+        return int(fixed)
+    if split is not None and hasattr(split, "__len__") and "input_ids" in (split.column_names or []) and len(split):
+        longest = int(pc.max(pc.list_value_length(split.with_format("arrow")["input_ids"])).as_py() or 1)
+        multiple = getattr(collator, "pad_to_multiple_of", None) or 1
+        return math.ceil(longest / multiple) * multiple
+    config = trainer.model.config
+    limits = [getattr(trainer.processing_class, "model_max_length", None), config.max_position_embeddings]
+    return min(int(limit) for limit in limits if limit and limit < 10**9)
+
+
+def _head(model: torch.nn.Module, collator) -> tuple[str, float]:
+    """What the model computes past its layers ('masked_lm', 'causal_lm' or 'classifier') and the share of
+    positions its vocabulary projection covers (the sparse MLM head projects the masked ones only)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    if name.endswith("ForMaskedLM"):
+        sparse = _is_sparse_forward(base.__dict__.get("forward"))
+        return "masked_lm", float(getattr(collator, "mlm_probability", 0.15)) if sparse else 1.0
+    return ("causal_lm" if name.endswith("ForCausalLM") else "classifier"), 1.0
+
+
+def _precision_label(trainer: Trainer, counts: memory.ParameterCounts, mixed: bool, backend: str) -> str:
+    """How the weights are held, in words, for the plan's memory line."""
+    half = "fp16" if trainer.args.fp16 else "bf16"
+    if backend.startswith("zero") and mixed:
+        label = f"DeepSpeed {half} (16-bit weights, fp32 master copy)"
+    elif counts.weight_bytes <= 2:
+        label = "16-bit weights"
+    else:
+        label = f"{half} autocast over fp32 weights" if mixed else "fp32"
+    return label + (", 4-bit base weights" if counts.quantized else "")
+
+
+def plan_memory(trainer: Trainer, train_split) -> dict:
+    """Memory per device for one training micro-batch of the longest padded length, under the backend, world
+    size, precision and optimizer the Trainer will use (memory.estimate), and the device's memory to compare
+    with. The parameter counts come from the model as built (so LoRA adapters, frozen layers and 4-bit weights are
+    what will train); memory.meta_model gives the same counts from a config alone."""
+    args, model = trainer.args, trainer.model
+    backend, offload = _backend(trainer)
+    world_size = max(1, args.world_size)
+    mixed = _mixed_precision(trainer)
+    head, fraction = _head(model, trainer.data_collator)
+    config = model.config
+    checkpointing = bool(args.gradient_checkpointing or getattr(model, "is_activation_checkpointing", False))
+    batch, length = args.per_device_train_batch_size, _padded_length(trainer, train_split)
+    device_type = args.device.type
+    counts = memory.count_parameters(model)
+    estimate = memory.estimate(
+        counts,
+        memory.TransformerShape.from_config(config),
+        batch,
+        length,
+        backend=backend,
+        world_size=world_size,
+        mixed_precision=mixed,
+        optim=str(getattr(args.optim, "value", args.optim)),
+        attention=memory.attention_kind(
+            getattr(config, "_attn_implementation", None),
+            memory.TransformerShape.from_config(config).attention_dropout,
+            device_type,
+        ),
+        device_type=device_type,
+        checkpointing=checkpointing,
+        head=head,
+        logit_fraction=fraction,
+        **offload,
+    )
+    available = memory.device_memory(args.device)
+    sharing = memory.processes_sharing_memory(args.device, world_size)
+    return {
+        **estimate.as_dict(),
+        **{"batch": batch, "length": length, "mixed_precision": mixed, "gradient_checkpointing": checkpointing},
+        **{"precision": _precision_label(trainer, counts, mixed, backend), "device": str(args.device)},
+        **{"device_memory": available, "processes_on_device": sharing},
+        "exceeds": available is not None and estimate.total * sharing > available,
+    }
+
+
 def _checkpoint_bytes(trainer: Trainer, optimizer: torch.optim.Optimizer) -> int:
     """Bytes a checkpoint writes: the weights, and the optimizer state unless save_only_model."""
     tensors = list(trainer.model.state_dict().values())
@@ -329,6 +453,47 @@ def _seconds(value: float) -> str:
     return f"{value / 60:.1f} min" if value >= 90 else f"{value:.1f} s"
 
 
+def _size(value: float) -> str:
+    """Bytes as MiB below a GiB, GiB above."""
+    return f"{value / 2**30:,.1f} GiB" if value >= 2**30 else f"{value / 2**20:,.1f} MiB"
+
+
+BACKEND_NAMES = {
+    "single": "one process",
+    "ddp": "DDP",
+    "fsdp_no_shard": "FSDP no-shard",
+    "fsdp_shard_grad_op": "FSDP shard-grad-op",
+    "fsdp_full_shard": "FSDP full shard",
+    **{f"zero{stage}": f"DeepSpeed ZeRO-{stage}" for stage in range(4)},
+}
+
+
+def print_memory(m: dict) -> None:
+    """Log the memory estimate per device, and a warning when the device (the RAM, shared by the processes on a
+    CPU machine) has less than it needs, with what lowers it."""
+    processes = f", {m['world_size']} processes" if m["world_size"] > 1 else ""
+    checkpointing = ", gradient checkpointing" if m["gradient_checkpointing"] else ""
+    logger.info(
+        f"dry run: memory per device ({BACKEND_NAMES[m['backend']]}{processes}, {m['precision']}): about "
+        f"{_size(m['total'])} = weights {_size(m['weights'])} + gradients {_size(m['gradients'])} + optimizer states "
+        f"{_size(m['optimizer'])} + activations {_size(m['activations'])} (batch {m['batch']} x length "
+        f"{m['length']}{checkpointing}; computed, not measured; CUDA context and fragmentation not included)"
+    )
+    if m["device_memory"] is None:
+        return
+    shared = f", shared by {m['processes_on_device']} processes" if m["processes_on_device"] > 1 else ""
+    where = f"{m['device']} has {_size(m['device_memory'])} of memory{shared}"
+    if not m["exceeds"]:
+        logger.info(f"dry run: fits: {where}")
+        return
+    logger.warning(
+        f"dry run: the run needs about {_size(m['total'] * m['processes_on_device'])} but {where}: it will likely "
+        "run out of memory. Lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the global "
+        "batch), shorten max_seq_length, set gradient_checkpointing true, bf16, LoRA (use_peft), or shard with "
+        "FSDP / DeepSpeed ZeRO-3 across more devices."
+    )
+
+
 def print_plan(plan: dict) -> None:
     """Log the plan in a few readable lines, saying what the time estimate holds and what it leaves out."""
     p, epochs = plan, f", {plan['epochs']} epochs" if plan["epochs"] else ""
@@ -340,6 +505,8 @@ def print_plan(plan: dict) -> None:
         f"{p['global_batch']} = {p['per_device_batch']} per device x {p['gradient_accumulation_steps']} accumulation "
         f"x {p['world_size']} processes"
     )
+    if "memory" in p:
+        print_memory(p["memory"])
     saves = f"{'up to ' if p['saves_at_most'] else ''}{_count(p['saves'], 'checkpoint save')}"
     evaluations = _count(p["evaluations"], "evaluation")
     if p["estimated_train_seconds"] is None:
