@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -327,3 +328,52 @@ def test_metric_helpers_handle_sparse_and_dense_predictions() -> None:
     for predictions in (ids, sparse_ids, dense_logits):
         result = masked_token_accuracy(EvalPrediction(predictions=predictions.numpy(), label_ids=labels.numpy()))
         assert result == {"accuracy": pytest.approx(2 / 3)}
+
+
+def varying_mask_batches(counts: list[int]) -> list[dict[str, torch.Tensor]]:
+    """[4, 16] batches with exactly `counts[i]` masked positions, scattered at random."""
+    generator = torch.Generator().manual_seed(3)
+    batches = []
+    for count in counts:
+        input_ids = torch.randint(5, VOCAB, (4, 16), generator=generator)
+        labels = torch.full_like(input_ids, -100).reshape(-1)
+        positions = torch.randperm(labels.numel(), generator=generator)[:count]
+        labels[positions] = input_ids.reshape(-1)[positions]
+        batches.append(
+            {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+             "token_type_ids": torch.zeros_like(input_ids), "labels": labels.view_as(input_ids)}
+        )  # fmt: skip
+    return batches
+
+
+@pytest.mark.parametrize("dynamic", [None, False])  # Trainer's default (automatic dynamic shapes), static shapes
+def test_compiled_sparse_head_compiles_once_per_row_budget_with_the_eager_loss(dynamic) -> None:
+    """torch.compile of a model whose masked count changes every batch: the compiled graphs (counted by a backend
+    that runs them as traced, no inductor) are built on the first batch and once more per new multiple of
+    COMPILED_ROW_BUCKET, not once per count; loss and predictions are the eager sparse head's, and the dense one's."""
+    counts = [5, 9, 13, 3, 17, 21, 25, 11, 29, 7]  # ten counts, all in the first 32-row budget
+    compiled_graphs: list[int] = []
+
+    def counting_backend(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        compiled_graphs.append(len(graph_module.graph.nodes))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    dense = make_model("bert")
+    model = copy.deepcopy(dense)
+    enable_sparse_mlm_head(model)
+    compiled = torch.compile(model, backend=counting_backend, dynamic=dynamic)
+    graphs_after = []
+    for batch in varying_mask_batches(counts):
+        output, eager = compiled(**batch), model(**batch)
+        graphs_after.append(len(compiled_graphs))
+        assert torch.equal(output.loss, eager.loss) and torch.equal(output.logits, eager.logits)
+        torch.testing.assert_close(output.loss, dense(**batch).loss, atol=1e-5, rtol=0)
+    assert graphs_after == [graphs_after[0]] * len(counts)  # the old head: a new graph for each new count
+    assert graphs_after[0] <= 2  # the encoder, then the head: one graph break, where the rows are picked
+
+    more = varying_mask_batches([40, 35, 50])  # a second budget (64 rows = every position): one more head graph
+    for batch in more:
+        torch.testing.assert_close(compiled(**batch).loss, model(**batch).loss, atol=0, rtol=0)
+    assert len(compiled_graphs) == graphs_after[0] + 1
+    torch._dynamo.reset()

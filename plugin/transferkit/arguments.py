@@ -9,31 +9,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transferkit.errors import TransferKitError
+from transferkit.precision import PRECISIONS
 from transferkit.ranges import COUNT, PROBABILITY, at_least, between, check_own_ranges
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
-def _help(text: str, **extra) -> dict:
+def with_help(text: str, **extra) -> dict:
+    """dataclass field metadata: the --help text (and `range=`, shown there and checked)."""
     return {"metadata": {"help": text, **extra}}
 
 
-def _comma_separated(names: list[str] | None) -> list[str] | None:
+def comma_separated(names: list[str] | None) -> list[str] | None:
     return names and [name.strip() for item in names for name in item.split(",") if name.strip()]
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(**_help("Hub id or local folder of the pretrained model to start from."))
-    model_revision: str = field(default="main", **_help("Branch, tag or commit of the model on the Hub."))
-    tokenizer_name: str | None = field(default=None, **_help("Tokenizer to use when not the model's own."))
-    cache_dir: str | None = field(default=None, **_help("Where downloaded models and datasets are cached."))
+    model_name_or_path: str = field(**with_help("Hub id or local folder of the pretrained model to start from."))
+    model_revision: str = field(default="main", **with_help("Branch, tag or commit of the model on the Hub."))
+    tokenizer_name: str | None = field(default=None, **with_help("Tokenizer to use when not the model's own."))
+    cache_dir: str | None = field(default=None, **with_help("Where downloaded models and datasets are cached."))
     trust_remote_code: bool = field(
-        default=False, **_help("Run code shipped inside a Hub repo. Off: only enable it for repos you trust.")
+        default=False, **with_help("Run code shipped inside a Hub repo. Off: only enable it for repos you trust.")
     )
     dtype: str | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Load the weights in this dtype: auto (the checkpoint's), bfloat16, float16 or float32 (the default). "
             "bfloat16 halves the memory of a large model; for mixed precision over float32 weights set bf16 / fp16.",
             choices=["auto", "bfloat16", "float16", "float32"],
@@ -41,51 +43,51 @@ class ModelArguments:
     )
     attn_implementation: str | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Attention kernel: sdpa, eager, flash_attention_2 (CUDA, flash-attn installed; ModernBERT's unpadded "
             "path) or flex_attention. Default: transformers' choice for the model."
         ),
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
-        **_help(
+        **with_help(
             "Start from a classifier finetuned on other labels: its head, whose size does not match, is built anew."
         ),
     )
     allow_pickle_weights: bool = field(
         default=False,
-        **_help("Also load pickled .bin weights (which can run arbitrary code). By default only safetensors."),
+        **with_help("Also load pickled .bin weights (which can run arbitrary code). By default only safetensors."),
     )
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, **_help("Dataset id on the Hub (or a local dataset script)."))
-    dataset_config_name: str | None = field(default=None, **_help("Configuration name of the Hub dataset."))
-    dataset_revision: str = field(default="main", **_help("Branch, tag or commit of the Hub dataset."))
+    dataset_name: str | None = field(default=None, **with_help("Dataset id on the Hub (or a local dataset script)."))
+    dataset_config_name: str | None = field(default=None, **with_help("Configuration name of the Hub dataset."))
+    dataset_revision: str = field(default="main", **with_help("Branch, tag or commit of the Hub dataset."))
     train_file: str | None = field(
         default=None,
-        **_help("Training data: a csv, tsv, json, jsonl, parquet (or txt for MLM) file, folder or glob."),
+        **with_help("Training data: a csv, tsv, json, jsonl, parquet (or txt for MLM) file, folder or glob."),
     )
-    validation_file: str | None = field(default=None, **_help("Validation data, same formats as train_file."))
-    test_file: str | None = field(default=None, **_help("Test data, same formats; predictions are written for it."))
+    validation_file: str | None = field(default=None, **with_help("Validation data, same formats as train_file."))
+    test_file: str | None = field(default=None, **with_help("Test data, same formats; predictions are written for it."))
     validation_split_percentage: int = field(
         default=10,
-        **_help(
+        **with_help(
             "Percent of the training data held out for validation when there is no validation split.",
             range=between(0, 100, high_open=True),
         ),
     )
     test_split_percentage: int = field(
         default=0,
-        **_help(
+        **with_help(
             "Percent of the training data held out as a test split when there is none (0: none).",
             range=between(0, 100, high_open=True),
         ),
     )
     text_column_names: list[str] | None = field(
         default=None,
-        **_help(
+        **with_help(
             "One text column, or two encoded as a text pair, separated by spaces or commas (sentence1,sentence2). "
             "Default: 'text', 'sentence1 sentence2' or 'sentence'.",
             # run_classification.py's README writes --text_column_name, an abbreviation argparse took there
@@ -94,54 +96,60 @@ class DataArguments:
     )
     text_column_delimiter: str | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Join the text columns into one text with this delimiter (transformers' run_classification.py does, with "
             "any number of columns; escapes such as \\n are read as the character). Unset: one column, or two "
             "encoded as a text pair."
         ),
     )
-    label_column_name: str = field(default="label", **_help("Column holding the labels."))
+    label_column_name: str = field(default="label", **with_help("Column holding the labels."))
     remove_splits: list[str] | None = field(
         default=None,
-        **_help("Splits of a Hub dataset not to use, by name or comma-separated (train, validation, test are read)."),
+        **with_help(
+            "Splits of a Hub dataset not to use, by name or comma-separated (train, validation, test are read)."
+        ),
     )
     shuffle_train_dataset: bool = field(
         default=False,
-        **_help("Shuffle the training rows before max_train_samples keeps the first ones: a random subset."),
+        **with_help("Shuffle the training rows before max_train_samples keeps the first ones: a random subset."),
     )
-    shuffle_seed: int = field(default=42, **_help("Seed of shuffle_train_dataset.", range=between(0, 2**32 - 1)))
+    shuffle_seed: int = field(default=42, **with_help("Seed of shuffle_train_dataset.", range=between(0, 2**32 - 1)))
     drop_duplicates: bool = field(
-        default=False, **_help("Drop rows whose text repeats an earlier row, before any split is carved.")
+        default=False, **with_help("Drop rows whose text repeats an earlier row, before any split is carved.")
     )
     max_seq_length: int | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Longest input in tokens after truncation. Default: the model's limit, at most 512.", range=at_least(8)
         ),
     )
     pad_to_max_length: bool = field(
         default=False,
-        **_help(
+        **with_help(
             "Pad every batch to max_seq_length: fixed shapes, for TPUs and compiled graphs. Default: pad each batch "
             "to its longest text, which is faster."
         ),
     )
-    max_train_samples: int | None = field(default=None, **_help("Keep only this many training examples.", range=COUNT))
-    max_eval_samples: int | None = field(default=None, **_help("Keep only this many validation examples.", range=COUNT))
-    max_test_samples: int | None = field(default=None, **_help("Keep only this many test examples.", range=COUNT))
+    max_train_samples: int | None = field(
+        default=None, **with_help("Keep only this many training examples.", range=COUNT)
+    )
+    max_eval_samples: int | None = field(
+        default=None, **with_help("Keep only this many validation examples.", range=COUNT)
+    )
+    max_test_samples: int | None = field(default=None, **with_help("Keep only this many test examples.", range=COUNT))
     preprocessing_num_workers: int | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Processes used for tokenization (and clean_text). Default: one per 25,000 rows of a split, up to the "
             "usable CPU cores (at most 8): a split under 50,000 rows is done in one process, where starting workers "
             "would cost more than they save.",
             range=COUNT,
         ),
     )
-    overwrite_cache: bool = field(default=False, **_help("Tokenize again instead of reusing the datasets cache."))
+    overwrite_cache: bool = field(default=False, **with_help("Tokenize again instead of reusing the datasets cache."))
     preprocess_only: bool = field(
         default=False,
-        **_help(
+        **with_help(
             "Load, check, clean and tokenize the data into the datasets cache, say where it is, and exit before "
             "training. Run it once, in one process, before a multi-process or multi-node launch: the training run "
             "(same data, model and preprocessing options) then reads the cache instead of making every process "
@@ -156,8 +164,8 @@ class DataArguments:
         if self.validation_split_percentage + self.test_split_percentage >= 100:
             raise TransferKitError("validation_split_percentage + test_split_percentage must stay below 100.")
         # transformers' run_classification.py takes "sentence1,sentence2" and "\n" typed in a shell
-        self.text_column_names = _comma_separated(self.text_column_names)
-        self.remove_splits = _comma_separated(self.remove_splits)
+        self.text_column_names = comma_separated(self.text_column_names)
+        self.remove_splits = comma_separated(self.remove_splits)
         if self.text_column_delimiter is not None:
             escaped = self.text_column_delimiter.encode("latin-1", "backslashreplace")  # keeps non-ASCII as it is
             try:
@@ -178,34 +186,36 @@ class DataArguments:
 class ClassificationArguments:
     problem_type: str | None = field(
         default=None,
-        **_help(
+        **with_help(
             f"One of {', '.join(PROBLEM_TYPES)}. Detected from the labels when unset: lists -> "
             "multi-label, floats -> regression, anything else -> single-label."
         ),
     )
     metric_name: str | None = field(
         default=None,
-        **_help("An evaluate metric (local path or name) to use instead of the bundled metrics for the problem type."),
+        **with_help(
+            "An evaluate metric (local path or name) to use instead of the bundled metrics for the problem type."
+        ),
     )
     class_weights: list[str] | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Weight the loss per class: 'auto' (inverse frequency in train) or one number per label, in label order."
         ),
     )
     early_stopping_patience: int | None = field(
         default=None,
-        **_help(
+        **with_help(
             "Stop after this many evaluations without improvement of metric_for_best_model; keeps the best model.",
             range=COUNT,
         ),
     )
     early_stopping_threshold: float = field(
-        default=0.0, **_help("Smallest change that counts as an improvement.", range=at_least(0))
+        default=0.0, **with_help("Smallest change that counts as an improvement.", range=at_least(0))
     )
     head_warmup_steps: int = field(
         default=0,
-        **_help(
+        **with_help(
             "Train only the new classification head for this many steps, then the whole model (linear probing "
             "then finetuning): the random head does not disturb the pretrained encoder early on. The quickstart "
             "uses one epoch of steps.",
@@ -230,22 +240,34 @@ class ClassificationArguments:
 class RunArguments:
     overwrite_output_dir: bool = field(
         default=False,
-        **_help("Start afresh in an output_dir that already holds checkpoints or a finished run (they are replaced)."),
+        **with_help(
+            "Start afresh in an output_dir that already holds checkpoints or a finished run (they are replaced)."
+        ),
     )
-    debug_errors: bool = field(default=False, **_help("Show full tracebacks for input errors (for bug reports)."))
+    debug_errors: bool = field(default=False, **with_help("Show full tracebacks for input errors (for bug reports)."))
     dry_run: bool = field(
         default=False,
-        **_help(
+        **with_help(
             "Check config, data, labels and model, print the plan (examples, tokens, steps, global batch, an "
             "estimated time from a few timed steps) and stop without training."
         ),
     )
     min_free_disk_gb: float = field(
-        default=1.0, **_help("Fail early when output_dir's disk has less free space.", range=at_least(0))
+        default=1.0, **with_help("Fail early when output_dir's disk has less free space.", range=at_least(0))
+    )
+    precision: str | None = field(
+        default=None,
+        **with_help(
+            "Training arithmetic: auto, bf16, fp16 or fp32. auto: bf16 mixed precision where the hardware runs it "
+            "fast (a CUDA GPU with native bf16, compute capability 8.0+; a CPU with AMX or AVX-512 BF16), fp32 "
+            "elsewhere; it keeps an accelerate config's mixed_precision and a bf16 / fp16 flag you set. bf16 on a "
+            "CPU also sets use_cpu. Unset: bf16 / fp16 and the accelerate config decide, fp32 otherwise.",
+            choices=list(PRECISIONS),
+        ),
     )
     preemption_check_steps: int = field(
         default=10,
-        **_help(
+        **with_help(
             "Under several processes, the ranks agree on a SIGTERM every this many optimizer steps (a host-device "
             "sync on GPUs); the scheduler's grace period must cover these steps plus one checkpoint save.",
             range=at_least(1),
@@ -266,53 +288,55 @@ class MLMArguments:
 
     objective: str = field(
         default="mlm",
-        **_help(
+        **with_help(
             "mlm: masked-LM continued pretraining of an encoder (BERT, RoBERTa, ...); clm: causal-LM (next-token) "
             "continued pretraining of a decoder (GPT-2, Llama, Qwen, ...). The masking options apply to mlm only."
         ),
     )
     mlm_probability: float = field(
         default=0.15,
-        **_help(
+        **with_help(
             "Share of tokens masked in each training sequence.", range=between(0, 1, low_open=True, high_open=True)
         ),
     )
     mask_replace_prob: float = field(
-        default=0.8, **_help("Of the masked tokens, the share replaced by [MASK].", range=PROBABILITY)
+        default=0.8, **with_help("Of the masked tokens, the share replaced by [MASK].", range=PROBABILITY)
     )
     random_replace_prob: float = field(
         default=0.1,
-        **_help(
+        **with_help(
             "Of the masked tokens, the share replaced by a random token (the rest stay as they are).",
             range=PROBABILITY,
         ),
     )
     whole_word_mask: bool = field(
-        default=False, **_help("Mask all the tokens of a word together (needs a fast tokenizer).")
+        default=False, **with_help("Mask all the tokens of a word together (needs a fast tokenizer).")
     )
     line_by_line: bool = field(
-        default=False, **_help("One example per line / row, truncated, instead of packing texts into full chunks.")
+        default=False, **with_help("One example per line / row, truncated, instead of packing texts into full chunks.")
     )
     sentence_chunks: bool = field(
         default=False,
-        **_help(
+        **with_help(
             "Pack whole sentences (NLTK Punkt) so that chunks end at sentence boundaries; needs transferkit[text]."
         ),
     )
     streaming: bool = field(
         default=False,
-        **_help(
+        **with_help(
             "Stream the corpus instead of loading it, for corpora larger than memory: needs max_steps; the first "
             "max_eval_samples rows (default 1000) are held out in memory for evaluation."
         ),
     )
     sparse_head: bool = field(
         default=True,
-        **_help("Compute the MLM head only at masked positions (same loss, ~2x faster on small encoders); mlm only."),
+        **with_help(
+            "Compute the MLM head only at masked positions (same loss, ~2x faster on small encoders); mlm only."
+        ),
     )
     head_warmup_steps: int = field(
         default=0,
-        **_help(
+        **with_help(
             "Train only the MLM head for this many steps first: for checkpoints without one (sentence encoders).",
             range=at_least(0),
         ),

@@ -7,6 +7,7 @@ shipped recipes and configs, and push a finished run to the Hub.
   transferkit cp classify ./my_classify.py          (also: quickstart/classify, cpu_ddp, fsdp, ...)
   transferkit validate my_config.yaml               (a recipe config or an accelerate config)
   transferkit push outputs/run user/model-name
+  transferkit predict outputs/run new_data.csv --output labelled.csv   (recipe flags too: --all_probabilities)
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 from transferkit.errors import TransferKitError, exit_on_user_error
 
 # Commands whose unrecognised flags are passed on (to the recipe); the others reject them.
-PASS_THROUGH = ("quickstart", "run", "validate")
+PASS_THROUGH = ("quickstart", "run", "validate", "predict")
+PREDICT_DATASET_FLAGS = ("dataset_name", "dataset_config_name", "dataset_split")
 LAUNCHER_FLAGS = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port")
 
 
@@ -86,7 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--recipe", default=None, help="the recipe a recipe config is for (default: inferred)")
 
     add_push_subparser(commands)
+
+    predict = add(
+        "predict",
+        "Label new data with a finetuned classifier, in this process (several: transferkit run predict "
+        "--accelerate_config cpu_ddp --model_name_or_path MODEL --test_file DATA --output_file FILE). Other flags "
+        "go to the predict recipe (--text_column_names, --all_probabilities, --per_device_eval_batch_size, ...).",
+    )
+    predict.add_argument("model", help="a classify output folder, its merged/ folder, a LoRA adapter folder or Hub id")
+    predict.add_argument("data", nargs="?", default=None, help="a csv/tsv/json/jsonl/parquet/txt file, folder or glob")
+    predict.add_argument("--output", "--output_file", dest="output", required=True, help="a .csv, .jsonl or .parquet")
+    predict.add_argument("--dataset_name", default=None, help="a Hub dataset to label instead of DATA")
+    predict.add_argument("--dataset_config_name", default=None, help="its configuration")
+    predict.add_argument("--dataset_split", default=None, help="its split (default: test, or its only split)")
     return parser
+
+
+def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> int:
+    """The predict recipe with the positional MODEL and DATA as its options (argparse gives the Hub dataset flags
+    their own options here, so a value after them is never taken for DATA)."""
+    from transferkit.recipes.predict import main as predict
+
+    argv = ["--model_name_or_path", args.model, "--output_file", args.output]
+    given = {"test_file": args.data, **{key: getattr(args, key) for key in PREDICT_DATASET_FLAGS}}
+    argv += [item for key, value in given.items() if value is not None for item in (f"--{key}", value)]
+    predict(argv + overrides)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -168,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_ls(args)
     if args.command == "cp":
         return cmd_cp(args)
+    if args.command == "predict":
+        return cmd_predict(args, extra)
     return args.func(args)  # push
 
 

@@ -78,14 +78,14 @@ def load_raw_datasets(
 ) -> DatasetDict | IterableDatasetDict:
     """Load every split the user named, from the Hub (`dataset_name`) or local files."""
     if data_args.dataset_name is not None:
-        return _load_hub_dataset(data_args, model_args.cache_dir, streaming)
+        return load_hub_dataset(data_args, model_args.cache_dir, streaming)
     splits = {
         "train": data_args.train_file,
         "validation": data_args.validation_file,
         "test": data_args.test_file,
     }
     loaded = {
-        split: _load_local_split(
+        split: load_local_split(
             spec,
             f"{split}_file" if split != "validation" else "validation_file",
             extensions,
@@ -98,7 +98,7 @@ def load_raw_datasets(
     return IterableDatasetDict(loaded) if streaming else DatasetDict(loaded)
 
 
-def _load_hub_dataset(data_args: DataArguments, cache_dir: str | None, streaming: bool) -> DatasetDict:
+def load_hub_dataset(data_args: DataArguments, cache_dir: str | None, streaming: bool) -> DatasetDict:
     """`load_dataset` by Hub id; a dataset that is neither reachable nor cached gets one error naming it."""
     from datasets.exceptions import DatasetNotFoundError
 
@@ -120,7 +120,7 @@ def _load_hub_dataset(data_args: DataArguments, cache_dir: str | None, streaming
         ) from None
 
 
-def _load_local_split(spec: str, option: str, extensions: tuple[str, ...], cache_dir: str | None, streaming: bool):
+def load_local_split(spec: str, option: str, extensions: tuple[str, ...], cache_dir: str | None, streaming: bool):
     files = resolve_data_files(spec, option, extensions)
     extension = os.path.splitext(files[0])[1].lower()
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from transferkit.errors import TransferKitError
+from transferkit.precision import FLAGS, LAUNCHER_ENV, Choice, apply_choice, auto_choice, launcher_precision
 
 logger = logging.getLogger(__name__)
 COMMAND_LINE = "command line"
@@ -35,6 +36,7 @@ def settle(values: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
     _step_intervals(values, where)
     _best_model_strategies(values, where)
     _phases(values, where)
+    _precision(values, where)
     return values
 
 
@@ -142,3 +144,32 @@ def _no_split_for(percentage: str, phase: str, values: dict[str, Any], where: di
             values[phase] = True
             return
     values[percentage] = 0
+
+
+def _precision(values: dict[str, Any], where: dict[str, str]) -> None:
+    """`precision` (transferkit.precision) into TrainingArguments' bf16 / fp16 / use_cpu. Unset: the flags and the
+    accelerate config decide, as in TrainingArguments. A bf16 / fp16 flag the user set that disagrees with a
+    concrete precision is settled like any two keys; fp32 cannot undo an accelerate config's mixed precision
+    (TrainingArguments takes ACCELERATE_MIXED_PRECISION when no flag is on), so that pair is an error."""
+    asked = values.get("precision")
+    if asked is None:
+        return
+    if asked == "auto":
+        apply_choice(values, auto_choice(values, where))
+        return
+    for flag in FLAGS:
+        if flag in where and bool(values[flag]) != (asked == flag):
+            fix = "remove one of them (precision sets the flags)."
+            if _winner("precision", flag, values, where, fix) == flag:
+                if values[flag]:  # the flag's precision, with what it needs (use_cpu for bf16 on a CPU)
+                    apply_choice(values, Choice(flag, f"{flag}: true ({where[flag]})"))
+                return
+    source = where.get("precision", "the recipe's defaults")
+    launcher = launcher_precision()
+    if asked == "fp32" and launcher is not None:
+        raise TransferKitError(
+            f"precision fp32 ({source}) contradicts the accelerate config's "
+            f"mixed_precision {launcher} ({LAUNCHER_ENV}): set mixed_precision: no in the accelerate config, or "
+            "precision: auto to keep its choice."
+        )
+    apply_choice(values, Choice(asked, f"precision: {asked} ({source})"))

@@ -21,6 +21,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from transformers import BitsAndBytesConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.pytorch_utils import Conv1D
 
+from transferkit.arguments import with_help
 from transferkit.errors import TransferKitError
 from transferkit.ranges import COUNT, above, between, check_own_ranges
 
@@ -32,37 +33,37 @@ LABELS_FILE = "label_config.json"  # an adapter folder has no config.json, so a 
 LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id")
 
 
-def _help(text: str, **extra) -> dict:
-    return {"metadata": {"help": text, **extra}}
-
-
 @dataclass
 class LoraArguments:
-    use_peft: bool = field(default=False, **_help("Train LoRA adapters (PEFT) instead of all the weights."))
-    lora_r: int = field(default=16, **_help("LoRA rank.", range=COUNT))
+    use_peft: bool = field(default=False, **with_help("Train LoRA adapters (PEFT) instead of all the weights."))
+    lora_r: int = field(default=16, **with_help("LoRA rank.", range=COUNT))
     lora_alpha: int = field(
-        default=32, **_help("LoRA scaling numerator: updates are scaled by alpha / r.", range=above(0))
+        default=32, **with_help("LoRA scaling numerator: updates are scaled by alpha / r.", range=above(0))
     )
     lora_dropout: float = field(
-        default=0.05, **_help("Dropout on the LoRA input.", range=between(0, 1, high_open=True))
+        default=0.05, **with_help("Dropout on the LoRA input.", range=between(0, 1, high_open=True))
     )
     lora_target_modules: list[str] | None = field(
-        default=None, **_help("Modules to adapt, or 'all-linear'. Default: peft's for the model, else all-linear.")
+        default=None, **with_help("Modules to adapt, or 'all-linear'. Default: peft's for the model, else all-linear.")
     )
     lora_modules_to_save: list[str] | None = field(
-        default=None, **_help("Modules trained in full and saved with the adapter (the head is added by itself).")
+        default=None, **with_help("Modules trained in full and saved with the adapter (the head is added by itself).")
     )
-    use_rslora: bool = field(default=False, **_help("Rank-stabilised LoRA: scale by alpha / sqrt(r)."))
-    use_dora: bool = field(default=False, **_help("Weight-decomposed LoRA (DoRA)."))
-    merge_adapter: bool = field(default=False, **_help("Also save a merged full model in output_dir/merged."))
+    use_rslora: bool = field(default=False, **with_help("Rank-stabilised LoRA: scale by alpha / sqrt(r)."))
+    use_dora: bool = field(default=False, **with_help("Weight-decomposed LoRA (DoRA)."))
+    merge_adapter: bool = field(default=False, **with_help("Also save a merged full model in output_dir/merged."))
     hub_merged_model_id: str | None = field(
         default=None,
-        **_help("With push_to_hub and merge_adapter: the repo for the merged model. Default: <hub_model_id>-merged."),
+        **with_help(
+            "With push_to_hub and merge_adapter: the repo for the merged model. Default: <hub_model_id>-merged."
+        ),
     )
     lora_train_embeddings_and_head: bool = field(
-        default=False, **_help("Also train the word embeddings and (MLM/CLM) the LM head in full; ties stay tied.")
+        default=False, **with_help("Also train the word embeddings and (MLM/CLM) the LM head in full; ties stay tied.")
     )
-    load_in_4bit: bool = field(default=False, **_help("QLoRA: load the base model in 4 bits (CUDA + bitsandbytes)."))
+    load_in_4bit: bool = field(
+        default=False, **with_help("QLoRA: load the base model in 4 bits (CUDA + bitsandbytes).")
+    )
 
     def __post_init__(self) -> None:
         check_own_ranges(self)

@@ -35,6 +35,7 @@ from transferkit.hub import (
     push_output_dir,
 )
 from transferkit.model_card import write_model_card
+from transferkit.precision import record_precision
 from transferkit.reports import output_path, plot_training_curves
 from transferkit.resume import mark_finished
 
@@ -49,7 +50,6 @@ CARD_HYPERPARAMETERS = (
     "weight_decay",
     "lr_scheduler_type",
     "seed",
-    "bf16",
     "optim",
 )
 RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json")
@@ -187,6 +187,7 @@ def finish_run(
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_adapter = isinstance(model, PeftModel)
     hyperparameters = {name: getattr(args, name) for name in CARD_HYPERPARAMETERS}
+    hyperparameters["precision"] = record_precision(trainer)  # Accelerate's, not the flags; into all_results.json too
     hyperparameters.update({"max_seq_length": data_args.max_seq_length, **(extra_hyperparameters or {})})
     datasets = (
         [data_args.dataset_name]

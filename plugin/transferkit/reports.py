@@ -5,6 +5,7 @@ Only the main process writes; the figures use matplotlib's Agg backend so they r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -14,13 +15,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from datasets import Dataset  # noqa: E402
+from datasets import Dataset, concatenate_datasets  # noqa: E402
+from transformers.trainer_utils import PredictionOutput  # noqa: E402
 
 from transferkit.data import rows_with_text  # noqa: E402
 from transferkit.labels import MULTI, REGRESSION, SINGLE, LabelSpec  # noqa: E402
 from transferkit.metrics import predictions_from_logits, probabilities_from_logits  # noqa: E402
 
 logger = logging.getLogger(__name__)
+RESULT_COLUMNS = ("predicted", "score")  # the columns transferkit.predict adds to new data (and prob_<label>)
+OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")  # the files it writes them to
 
 
 def write_predictions(
@@ -134,17 +138,8 @@ def predict_and_report(trainer, test_split: Dataset, text_columns: list[str], sp
     probability cells are empty, since a guess from no text is the class prior, not a reading. The metrics, the
     confusion matrix and `test_samples` cover the predicted rows only; `test_not_predicted` counts the others.
     """
-    predicted_rows = rows_with_text(test_split, text_columns)
-    skipped = len(test_split) - len(predicted_rows)
-    if skipped:
-        logger.warning(
-            "%d rows of the test split have no text: they keep their place in predictions.csv, not predicted "
-            "(empty 'predicted' cell) and not scored.",
-            skipped,
-        )
-    output = trainer.predict(test_split.select(predicted_rows) if skipped else test_split, metric_key_prefix="test")
-    logits, gold = _joined(output.predictions), _joined(output.label_ids)
-    predicted_rows = _rows_predicted(predicted_rows, len(logits))
+    output, logits, predicted_rows = predict_rows_with_text(trainer, test_split, text_columns)
+    gold = _joined(output.label_ids)
     labelled = "label" in test_split.column_names
     counts = {"test_samples": len(predicted_rows), "test_not_predicted": len(test_split) - len(predicted_rows)}
     metrics = {**output.metrics, **counts} if labelled else {}
@@ -161,6 +156,32 @@ def predict_and_report(trainer, test_split: Dataset, text_columns: list[str], sp
     return metrics
 
 
+def predict_rows_with_text(
+    trainer, split: Dataset, text_columns: list[str], model_columns: list[str] | None = None, prefix: str = "test"
+) -> tuple[PredictionOutput, np.ndarray, list[int]]:
+    """`trainer.predict` over the rows of `split` that hold some text: (Trainer's output, the logits as one array,
+    the row of `split` each logit row belongs to).
+
+    Rows with no text keep their place in the caller's output, not predicted (see `predict_and_report`).
+    `model_columns`, when given, are the only columns handed to the Trainer: new data may carry a `label` column of
+    strings that the collator could not batch. The recipes' test prediction and transferkit.predict share this.
+    """
+    predicted_rows = rows_with_text(split, text_columns)
+    skipped = len(split) - len(predicted_rows)
+    if skipped:
+        logger.warning(
+            "%d rows have no text: they keep their place in the predictions, not predicted (empty 'predicted' "
+            "cell) and not scored.",
+            skipped,
+        )
+    inputs = split.select(predicted_rows) if skipped else split
+    if model_columns is not None:
+        inputs = inputs.select_columns(model_columns)
+    output = trainer.predict(inputs, metric_key_prefix=prefix)
+    logits = _joined(output.predictions)
+    return output, logits, _rows_predicted(predicted_rows, len(logits))
+
+
 def _joined(value):
     """Trainer's predictions as one array: with eval_do_concat_batches false it returns a list of batches."""
     return np.concatenate(value) if isinstance(value, list) and value else value
@@ -172,12 +193,99 @@ def _rows_predicted(asked: list[int], returned: int) -> list[int]:
     off then (trainers.ClassificationTrainer._sorts); those rows keep their place, not predicted, and say so."""
     if returned < len(asked):
         logger.warning(
-            "Only %d of the %d test rows with text were predicted: dataloader_drop_last drops the last incomplete "
-            "batch in prediction too. The others keep their place in predictions.csv, not predicted.",
+            "Only %d of the %d rows with text were predicted: dataloader_drop_last drops the last incomplete "
+            "batch in prediction too. The others keep their place in the predictions, not predicted.",
             returned,
             len(asked),
         )
     return asked[:returned]
+
+
+# -- new data labelled by transferkit.predict: the input's columns, then the results --------------------------------
+def result_columns(logits: np.ndarray, spec: LabelSpec, all_probabilities: bool, threshold: float) -> dict[str, list]:
+    """`predicted` (the label name; a list of names for multi-label; the value for regression) and `score` (its
+    probability; a list for multi-label), and with `all_probabilities` one prob_<label> column per class."""
+    if spec.problem_type == REGRESSION:
+        return {"predicted": predictions_from_logits(logits, REGRESSION).tolist()}
+    probabilities = probabilities_from_logits(logits, spec.problem_type)
+    names = np.asarray(spec.names, dtype=object)
+    if spec.problem_type == MULTI:
+        chosen = probabilities > threshold
+        predicted = [names[row].tolist() for row in chosen]
+        score = [values[row].tolist() for values, row in zip(probabilities, chosen)]
+    else:  # the argmax of the logits, as classify's predictions.csv (metrics.predictions_from_logits)
+        best = predictions_from_logits(logits, SINGLE)
+        predicted, score = names[best].tolist(), probabilities[np.arange(len(best)), best].tolist()
+    columns = {"predicted": predicted, "score": score}
+    if all_probabilities:
+        columns.update({f"prob_{name}": probabilities[:, index].tolist() for index, name in enumerate(spec.names)})
+    return columns
+
+
+def placed(values: list, rows: list[int], total: int) -> list:
+    """`values[i]` at row `rows[i]` of `total`; None in the rows that were not predicted (no text)."""
+    column: list = [None] * total
+    for row, value in zip(rows, values):
+        column[row] = value
+    return column
+
+
+def with_predictions(dataset: Dataset, columns: dict[str, list]) -> Dataset:
+    """The input's columns, in their order, then the result columns."""
+    return concatenate_datasets([dataset.flatten_indices(), Dataset.from_dict(columns)], axis=1)
+
+
+def write_table(table: Dataset, path: str) -> None:
+    """Write `table` in the format the extension names, to a temporary name renamed at the end: a failed or killed
+    run leaves no half-written file under `path`. CSV cells hold no lists: multi-label names and scores are joined
+    with ';' (as classify's predictions.csv writes them)."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in OUTPUT_FORMATS:
+        raise ValueError(f"write_table writes {', '.join(OUTPUT_FORMATS)} files, not {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        if extension == ".csv":
+            _joined_lists(table).to_csv(temporary, index=False)
+        elif extension == ".jsonl":
+            table.to_json(temporary, lines=True, force_ascii=False)
+        else:
+            table.to_parquet(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    logger.info("Wrote %d rows with their predictions to %s.", len(table), path)
+
+
+def _joined_lists(table: Dataset) -> Dataset:
+    from datasets import Value
+
+    lists = [name for name in RESULT_COLUMNS if name in table.column_names and _is_list(table.features[name])]
+    if not lists:
+        return table
+    features = table.features.copy()
+    features.update({name: Value("string") for name in lists})
+    return table.map(
+        lambda batch: {name: [_join(value) for value in batch[name]] for name in lists},
+        batched=True,
+        features=features,
+        desc="Joining multi-label cells",
+    )
+
+
+def _is_list(feature) -> bool:
+    from datasets import LargeList, List
+
+    return isinstance(feature, (List, LargeList, list))
+
+
+def _join(value: list | None) -> str | None:
+    if value is None:
+        return None
+    return ";".join(f"{item:.6f}" if isinstance(item, float) else str(item) for item in value)
 
 
 def output_path(output_dir: str, name: str) -> str:

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """Label of a position without a prediction target (the convention of transformers' collators)."""
+COMPILED_ROW_BUCKET = 32
+"""Under torch.compile the head runs on a multiple of this many rows (see _masked_rows): at most 31 rows of
+padding, and at most a few distinct shapes per batch shape (masked counts vary by a few standard deviations)."""
 
 HeadFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -226,12 +229,12 @@ def _sparse_forward(
     labels = labels.to(hidden.device)
     if labels.shape != hidden.shape[:-1]:
         raise ValueError(f"labels of shape {tuple(labels.shape)} for inputs of {tuple(hidden.shape[:-1])}")
-    masked = labels != IGNORE_INDEX
-    logits = layout.head(model, hidden[masked])  # [M, V]
-    targets = labels[masked]
+    rows, count = _masked_rows(labels, COMPILED_ROW_BUCKET if torch.compiler.is_compiling() else 1)
+    logits = layout.head(model, hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))  # [K, V], K >= M
+    targets = labels.reshape(-1).index_select(0, rows)  # IGNORE_INDEX on the rows that only pad to K
     output = MaskedLMOutput(
-        loss=_masked_lm_loss(logits, targets, num_items_in_batch),
-        logits=_scatter_predictions(logits, labels, masked),
+        loss=_masked_lm_loss(logits, targets, count, num_items_in_batch),
+        logits=_scatter_predictions(logits, targets, rows, labels),
         hidden_states=getattr(encoded, "hidden_states", None),
         attentions=getattr(encoded, "attentions", None),
     )
@@ -246,31 +249,58 @@ def _encode(model: nn.Module, layout: _Layout, inputs: dict[str, Any], kwargs: d
     return getattr(model, layout.encoder)(**inputs, **kwargs, return_dict=True)
 
 
+@torch.compiler.disable
+def _masked_rows(labels: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat positions the head runs on, the masked ones first in their order, and how many are masked.
+
+    Eagerly (``bucket`` 1) these are exactly the M masked positions. Under ``torch.compile`` the caller passes
+    ``COMPILED_ROW_BUCKET``: M is rounded up to a multiple of it with unmasked positions, whose labels are
+    IGNORE_INDEX and so add nothing to the loss; the head's shapes then take a few values instead of one per
+    masked count. A boolean-mask index (``hidden[masked]``) has a data-dependent shape, which TorchDynamo cannot
+    trace: it breaks the graph at ``aten.nonzero`` and, with static shapes, recompiles for every new count until
+    ``torch._dynamo.config.recompile_limit`` sends the frame back to eager
+    (https://docs.pytorch.org/docs/stable/torch.compiler_dynamic_shapes.html). Run eagerly (compiler.disable: the
+    one graph break left), so that the graph after it sees only the rounded row count, never M itself.
+    """
+    masked = labels.reshape(-1) != IGNORE_INDEX
+    count = masked.sum()
+    budget = min(-(-int(count) // bucket) * bucket, masked.numel())
+    # A stable sort of "not masked" lists the masked positions first, each in its original order.
+    order = torch.argsort(torch.logical_not(masked).to(torch.uint8), stable=True)
+    return order[:budget], count
+
+
 def _masked_lm_loss(
-    logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
 ) -> torch.Tensor:
-    """Cross-entropy over the masked tokens: the dense loss, computed on the rows that contribute to it.
+    """Cross-entropy over the ``count`` masked tokens: the dense loss, computed on the rows that contribute to it.
 
     Normally the mean over this batch's masked tokens, as ``CrossEntropyLoss(ignore_index=-100)`` gives for
-    the dense model. When Trainer passes ``num_items_in_batch`` (it does when it believes the model normalises
+    the dense model (rows whose target is IGNORE_INDEX, padding under torch.compile, add exactly 0 to the sum).
+    When Trainer passes ``num_items_in_batch`` (it does when it believes the model normalises
     its own loss, i.e. ``accepts_loss_kwargs`` is not set to False) the sum is divided by that count instead,
     which is what Trainer then expects under gradient accumulation and DDP. A batch without masked tokens
     gives a zero loss that is still connected to the head (so DDP sees every parameter used) instead of the
     dense model's NaN.
     """
-    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if num_items_in_batch is not None:
         denominator = torch.as_tensor(num_items_in_batch, device=total.device, dtype=total.dtype)
     else:
-        denominator = torch.tensor(max(targets.numel(), 1), device=total.device, dtype=total.dtype)
+        denominator = count.clamp(min=1).to(total.dtype)  # a tensor: a compiled graph must not guard on it
     return total / denominator
 
 
-def _scatter_predictions(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` argmax ids at masked positions, -100 elsewhere, so metrics never see ``[B, L, V]``."""
-    predictions = torch.full_like(labels, IGNORE_INDEX)
-    predictions[masked] = logits.detach().argmax(dim=-1).to(predictions.dtype)
-    return predictions
+def _scatter_predictions(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """``[B, L]`` argmax ids at masked positions, -100 elsewhere, so metrics never see ``[B, L, V]``.
+
+    A scatter to ``rows`` (distinct positions) keeps the shapes static; padding rows write the -100 they hold.
+    """
+    predicted = logits.detach().argmax(dim=-1).to(labels.dtype)
+    predicted = torch.where(targets == IGNORE_INDEX, IGNORE_INDEX, predicted)
+    return torch.full_like(labels, IGNORE_INDEX).reshape(-1).scatter(0, rows, predicted).view_as(labels)
 
 
 def preprocess_logits_for_metrics(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,438 @@
+"""Label new data with a finetuned classifier: the last stage of the data's way, for files, Hub datasets and lists.
+
+The same steps as the classify recipe's test prediction, so a text gets the label it got there: the data is loaded
+and checked by transferkit.data, tokenized by `tokenize_for_classification`, and predicted by
+`ClassificationTrainer.predict` (length-sorted batches, each padded to its longest text, the input order restored;
+under `accelerate launch` Trainer's evaluation loop shards the batches across processes and gathers them in order).
+Every check a user can fail (the model, the data, the text columns, the output name) runs before any prediction,
+and the output file appears only once it is complete.
+
+    from transferkit.predict import predict
+    predict("outputs/classify", ["a great film", "a dull plot"])  # [{'label': 'pos', 'score': 0.98}, ...]
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from datasets import Dataset, DatasetDict
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
+
+from transferkit.arguments import DataArguments, ModelArguments, comma_separated, with_help
+from transferkit.data import (
+    FORMATS,
+    load_hub_dataset,
+    load_local_split,
+    resolve_data_files,
+    resolve_text_columns,
+    rows_with_text,
+)
+from transferkit.errors import TransferKitError
+from transferkit.labels import REGRESSION, SINGLE, LabelSpec
+from transferkit.lora import LABELS_FILE, load_lora_model
+from transferkit.models import (
+    check_tokenizer_fits,
+    ensure_pad_token,
+    load_config,
+    load_pretrained,
+    load_tokenizer,
+    resolve_max_seq_length,
+)
+from transferkit.preprocess import tokenize_for_classification
+from transferkit.ranges import COUNT, at_least, between, check_own_ranges
+from transferkit.reports import (
+    OUTPUT_FORMATS,
+    RESULT_COLUMNS,
+    placed,
+    predict_rows_with_text,
+    result_columns,
+    with_predictions,
+)
+from transferkit.trainers import ClassificationTrainer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64  # no gradients or optimizer state at inference: a batch several times training's fits
+
+
+@dataclass
+class PredictArguments:
+    """What to label and where the labels go (the model is ModelArguments' model_name_or_path)."""
+
+    test_file: str | None = field(
+        default=None,
+        **with_help(
+            "The data to label: a csv, tsv, json, jsonl, parquet or txt file, a folder or a glob.", aliases=["--data"]
+        ),
+    )
+    dataset_name: str | None = field(
+        default=None, **with_help("Or a dataset on the Hub to label (instead of test_file).")
+    )
+    dataset_config_name: str | None = field(default=None, **with_help("Configuration name of the Hub dataset."))
+    dataset_revision: str = field(default="main", **with_help("Branch, tag or commit of the Hub dataset."))
+    dataset_split: str | None = field(
+        default=None, **with_help("The split of the Hub dataset to label. Default: test, or its only split.")
+    )
+    output_file: str | None = field(
+        default=None,
+        **with_help(
+            "Where to write the input's rows with `predicted` and `score`: a .csv, .jsonl or .parquet file.",
+            aliases=["--output"],
+        ),
+    )
+    text_column_names: list[str] | None = field(
+        default=None,
+        **with_help(
+            "The text column, or two for a text pair, as the model was trained with (sentence1,sentence2). "
+            "Default: 'text', 'sentence1 sentence2' or 'sentence', as classify picks them."
+        ),
+    )
+    text_column_delimiter: str | None = field(
+        default=None, **with_help("Join the text columns with this delimiter, if the model was trained that way.")
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        **with_help("Truncate texts to this many tokens. Default: the model's limit, at most 512.", range=at_least(8)),
+    )
+    all_probabilities: bool = field(default=False, **with_help("Also write every class's probability (prob_<label>)."))
+    multi_label_threshold: float = field(
+        default=0.5,
+        **with_help("Multi-label models: a label is predicted above this probability.", range=between(0, 1)),
+    )
+    preprocessing_num_workers: int | None = field(default=None, **with_help("Processes for tokenization.", range=COUNT))
+    overwrite_cache: bool = field(default=False, **with_help("Tokenize again instead of reusing the datasets cache."))
+
+    def __post_init__(self) -> None:
+        check_own_ranges(self)
+        if (self.test_file is None) == (self.dataset_name is None):
+            raise TransferKitError("Give the data to label: test_file (local files) or dataset_name (a Hub dataset).")
+        if self.output_file is None:
+            raise TransferKitError("output_file: where to write the predictions (a .csv, .jsonl or .parquet file).")
+        check_output_file(self.output_file)
+        self.text_column_names = comma_separated(self.text_column_names)
+        self.data_arguments()  # DataArguments' own checks (text_column_names count, delimiter escapes)
+
+    def data_arguments(self) -> DataArguments:
+        """The options of transferkit.data's loading and tokenizing, which take DataArguments."""
+        return DataArguments(
+            train_file=self.test_file,
+            dataset_name=self.dataset_name,
+            dataset_config_name=self.dataset_config_name,
+            dataset_revision=self.dataset_revision,
+            text_column_names=self.text_column_names,
+            text_column_delimiter=self.text_column_delimiter,
+            max_seq_length=self.max_seq_length,
+            preprocessing_num_workers=self.preprocessing_num_workers,
+            overwrite_cache=self.overwrite_cache,
+        )
+
+
+def check_output_file(path: str) -> None:
+    """A known extension and a folder that exists (or can be made) and is writable, before anything loads."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in OUTPUT_FORMATS:
+        raise TransferKitError(
+            f"output_file: {path} ends in '{extension or '(no extension)'}'; name a "
+            f"{', '.join(OUTPUT_FORMATS)} file (the extension picks the format)."
+        )
+    if os.path.isdir(path):
+        raise TransferKitError(f"output_file: {path} is a folder; name a file.")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise TransferKitError(f"output_file: cannot write into {existing}. Choose another path.")
+
+
+# -- the model --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: LabelSpec
+
+
+def find_adapter(model_args: ModelArguments) -> str | None:
+    """The local folder holding a LoRA adapter's files (a Hub adapter's snapshot), or None for a full model.
+
+    transformers' `find_adapter_config_file` looks for adapter_config.json in a local folder or a Hub repo (cached
+    offline); the label file written by `lora.save_lora_outputs` is fetched next to it.
+    """
+    from transformers.utils import cached_file
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    name = model_args.model_name_or_path
+    hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
+    try:
+        adapter_config = find_adapter_config_file(name, **hub)
+    except (OSError, ValueError):  # neither a folder nor a reachable repo: load_config names the problem
+        return None
+    if adapter_config is None:
+        return None
+    folder = os.path.dirname(adapter_config)
+    from peft import PeftConfig, TaskType
+
+    task = PeftConfig.from_pretrained(folder).task_type
+    if task != TaskType.SEQ_CLS:
+        raise TransferKitError(
+            f"'{name}' is a LoRA adapter for {task or 'a language model'}, not a sequence classifier: give the "
+            "output folder of the classify recipe (or its merged/ folder)."
+        )
+    labels = cached_file(name, LABELS_FILE, **hub, _raise_exceptions_for_missing_entries=False)
+    if labels is None or os.path.dirname(labels) != folder:
+        raise TransferKitError(
+            f"The LoRA adapter '{name}' has no {LABELS_FILE}, so its classifier's labels are unknown. The classify "
+            f"recipe writes it next to the adapter: copy it from that run's output_dir, or predict with the merged "
+            "model (merge_adapter: true writes output_dir/merged)."
+        )
+    return folder
+
+
+def check_classifier_config(name: str, config: PretrainedConfig) -> None:
+    """A model saved as anything but a sequence classifier (an MLM run's output) would get a new, random head."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(architecture.endswith("ForSequenceClassification") for architecture in architectures):
+        raise TransferKitError(
+            f"'{name}' is not a sequence classifier: its config.json names {architectures or 'no architecture'} "
+            "(an MLM run's output?). Give the output folder of the classify recipe, its merged/ folder, a LoRA "
+            "adapter folder with its label_config.json, or a classifier on the Hub."
+        )
+
+
+def check_model_source(model_args: ModelArguments) -> str | None:
+    """Everything about the model that can be checked without its weights; returns the adapter folder, if any."""
+    adapter = find_adapter(model_args)
+    if adapter is None:
+        check_classifier_config(model_args.model_name_or_path, load_config(model_args))
+    return adapter
+
+
+def label_spec(config: PretrainedConfig) -> LabelSpec:
+    """The labels as classify saved them (problem_type, id2label); a Hub classifier without problem_type is
+    single-label, or regression with one output (as transformers' own loss picks)."""
+    problem_type = config.problem_type or (REGRESSION if config.num_labels == 1 else SINGLE)
+    names = () if problem_type == REGRESSION else tuple(config.id2label[i] for i in range(config.num_labels))
+    return LabelSpec(problem_type, names)
+
+
+def _has_tokenizer(model_args: ModelArguments) -> bool:
+    """Whether an adapter's folder or Hub repo holds its tokenizer (classify saves it there), else the base's."""
+    from transformers.utils import cached_file
+
+    hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
+    found = cached_file(
+        model_args.model_name_or_path, "tokenizer_config.json", **hub, _raise_exceptions_for_missing_entries=False
+    )
+    return found is not None
+
+
+def load_prediction_model(model_args: ModelArguments, adapter: str | None) -> LoadedModel:
+    """The classifier and its tokenizer. An adapter is merged into its base in memory: plain linear layers then,
+    as peft recommends for inference (`merge_and_unload`), and its trained head (modules_to_save) in place."""
+    if adapter is not None:
+        loaded = load_lora_model(
+            adapter, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
+        )
+        base = loaded.peft_config[loaded.active_adapter].base_model_name_or_path
+        model = loaded.merge_and_unload()
+        name = model_args.tokenizer_name or (model_args.model_name_or_path if _has_tokenizer(model_args) else base)
+        tokenizer = load_tokenizer(
+            ModelArguments(name, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
+        )
+    else:
+        config = load_config(model_args)
+        model = load_pretrained(AutoModelForSequenceClassification, model_args, config)
+        missing = list(getattr(model, "transferkit_missing_keys", []))
+        if missing:
+            raise TransferKitError(
+                f"'{model_args.model_name_or_path}' lacks trained weights for {', '.join(missing[:4])}: they would be "
+                "random. Give a classifier saved whole (the classify recipe's output_dir)."
+            )
+        tokenizer = load_tokenizer(model_args)
+    ensure_pad_token(tokenizer, model)
+    check_tokenizer_fits(tokenizer, model, model_args)
+    return LoadedModel(model, tokenizer, label_spec(model.config))
+
+
+# -- the data ---------------------------------------------------------------------------------------------------
+def load_prediction_data(args: PredictArguments, model_args: ModelArguments) -> tuple[Dataset, list[str]]:
+    """The rows to label, with all their columns, and the text columns; through transferkit.data's loaders and
+    checks (file formats, UTF-8, malformed rows, Hub ids)."""
+    if args.test_file is not None:
+        if all(_holds_no_rows(path) for path in resolve_data_files(args.test_file, "test_file", tuple(FORMATS))):
+            raise TransferKitError(f"test_file: {args.test_file} holds no rows: nothing to predict. Check the file.")
+        dataset = load_local_split(args.test_file, "test_file", tuple(FORMATS), model_args.cache_dir, False)
+        where = args.test_file
+    else:
+        splits = load_hub_dataset(args.data_arguments(), model_args.cache_dir, streaming=False)
+        split = pick_split(splits, args.dataset_split, args.dataset_name)
+        dataset, where = splits[split], f"the {split} split of {args.dataset_name}"
+    return dataset, check_prediction_data(dataset, args.text_column_names, where)
+
+
+def _holds_no_rows(path: str) -> bool:
+    """A file without a data row: datasets fails on a header-only csv with "corresponds to no data", which names
+    neither the file nor the problem. Reads up to the first data line."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = (line for line in handle if line.strip())
+        header = 1 if FORMATS[extension] == "csv" else 0
+        return next(itertools.islice(lines, header, None), None) is None
+
+
+def pick_split(splits: DatasetDict, requested: str | None, name: str) -> str:
+    if requested is None and len(splits) == 1:
+        return next(iter(splits))
+    split = requested or "test"
+    if split not in splits:
+        raise TransferKitError(f"dataset_split: {name} has no split '{split}' (splits: {', '.join(splits)}).")
+    return split
+
+
+def check_prediction_data(dataset: Dataset, requested: list[str] | None, where: str) -> list[str]:
+    """The text columns to read (the requested ones, else the names classify guesses); an empty input, a missing
+    column, no text at all or a column that the output would overwrite is an error naming it."""
+    if len(dataset) == 0:
+        raise TransferKitError(f"{where} holds no rows: nothing to predict. Check the file.")
+    text_columns = resolve_text_columns(dataset.column_names, requested, split="input")
+    if not rows_with_text(dataset, text_columns):
+        raise TransferKitError(
+            f"{where} has no text in any row ({', '.join(text_columns)} are empty): nothing to predict. "
+            "Check the file and text_column_names."
+        )
+    taken = [column for column in dataset.column_names if column in RESULT_COLUMNS or column.startswith("prob_")]
+    if taken:
+        raise TransferKitError(
+            f"{where} already has the column(s) {', '.join(taken)}, which the predictions are written to. Rename or "
+            "drop them (an earlier prediction's output?)."
+        )
+    return text_columns
+
+
+# -- predicting -------------------------------------------------------------------------------------------------
+def prediction_trainer(loaded: LoadedModel, args: TrainingArguments) -> ClassificationTrainer:
+    """classify's Trainer, for its length-sorted prediction; batches padded to their longest text."""
+    return ClassificationTrainer(
+        model=loaded.model,
+        args=args,
+        processing_class=loaded.tokenizer,
+        data_collator=DataCollatorWithPadding(loaded.tokenizer),
+    )
+
+
+def predict_columns(
+    trainer: ClassificationTrainer,
+    dataset: Dataset,
+    text_columns: list[str],
+    data_args: DataArguments,
+    spec: LabelSpec,
+    all_probabilities: bool = False,
+    threshold: float = 0.5,
+) -> tuple[dict[str, list], dict[str, float]]:
+    """Tokenize `dataset` and predict it: (the result columns, one value per row of `dataset`; the metrics)."""
+    tokenizer = trainer.processing_class
+    max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, trainer.model.config)
+    splits = DatasetDict({"predict": dataset})
+    tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, trainer.args)
+    tokenized = tokenized["predict"]
+    inputs = [column for column in tokenizer.model_input_names if column in tokenized.column_names]
+    output, logits, rows = predict_rows_with_text(trainer, tokenized, text_columns, inputs, prefix="predict")
+    columns = result_columns(logits, spec, all_probabilities, threshold)
+    in_place = {name: placed(values, rows, len(dataset)) for name, values in columns.items()}
+    counts = {"predict_samples": len(rows), "predict_not_predicted": len(dataset) - len(rows)}
+    return in_place, {**output.metrics, **counts}
+
+
+# -- the Python entry point -------------------------------------------------------------------------------------
+def predict(
+    model: str,
+    data: Sequence[str] | Sequence[tuple[str, str]] | Dataset,
+    *,
+    text_column_names: list[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_seq_length: int | None = None,
+    all_probabilities: bool = False,
+    multi_label_threshold: float = 0.5,
+    bf16: bool = False,
+    cache_dir: str | None = None,
+) -> list[dict] | Dataset:
+    """Label texts with a TransferKit classifier (a classify output folder, its merged/ folder, a LoRA adapter
+    folder, or a Hub id), in one process.
+
+    `data`: texts, text pairs, or a datasets.Dataset (text columns as the recipe finds them, or
+    `text_column_names`). Texts come back as pipeline-like dicts in input order: {'label', 'score'} (multi-label:
+    lists of names and probabilities; regression: {'score': value}), with 'probabilities' per class when asked and
+    None for an empty text. A Dataset comes back with `predicted`, `score` (and prob_<label>) columns added.
+    """
+    import torch
+
+    dataset, text_columns = _as_dataset(data, text_column_names)
+    model_args = ModelArguments(model_name_or_path=model, cache_dir=cache_dir)
+    loaded = load_prediction_model(model_args, check_model_source(model_args))
+    # tokenize_for_classification takes DataArguments; its required data source is not read there.
+    data_args = DataArguments(train_file="(in memory)", max_seq_length=max_seq_length)
+    with tempfile.TemporaryDirectory() as scratch:  # Trainer wants an output_dir; nothing is saved there
+        args = TrainingArguments(
+            scratch,
+            per_device_eval_batch_size=batch_size,
+            bf16_full_eval=bf16,
+            use_cpu=bf16 and not torch.cuda.is_available(),  # bf16 on a CPU needs use_cpu (transformers 5)
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+        trainer = prediction_trainer(loaded, args)
+        columns, _ = predict_columns(
+            trainer, dataset, text_columns, data_args, loaded.spec, all_probabilities, multi_label_threshold
+        )
+    if isinstance(data, Dataset):
+        return with_predictions(data, columns)
+    return _as_dicts(columns, loaded.spec)
+
+
+def _as_dataset(data, requested: list[str] | None) -> tuple[Dataset, list[str]]:
+    if isinstance(data, Dataset):
+        return data, check_prediction_data(data, requested, "The dataset")
+    if isinstance(data, str):
+        raise TransferKitError("predict takes a list of texts (or of text pairs), not one string: wrap it in [ ].")
+    texts = list(data)
+    if texts and all(isinstance(text, (tuple, list)) and len(text) == 2 for text in texts):
+        dataset = Dataset.from_dict({"sentence1": [a for a, _ in texts], "sentence2": [b for _, b in texts]})
+    elif all(text is None or isinstance(text, str) for text in texts):
+        dataset = Dataset.from_dict({"text": texts})
+    else:
+        raise TransferKitError("predict takes texts (str) or text pairs (two str each), not a mix of other values.")
+    return dataset, check_prediction_data(dataset, None, "The texts given")
+
+
+def _as_dicts(columns: dict[str, list], spec: LabelSpec) -> list[dict]:
+    """One dict per text, like transformers' text-classification pipeline ({'label', 'score'})."""
+    if spec.problem_type == REGRESSION:
+        return [None if value is None else {"score": value} for value in columns["predicted"]]
+    results = []
+    for index, (label, score) in enumerate(zip(columns["predicted"], columns["score"])):
+        if label is None:
+            results.append(None)
+            continue
+        result = {"label": label, "score": score}
+        if "prob_" + spec.names[0] in columns:
+            result["probabilities"] = {name: columns[f"prob_{name}"][index] for name in spec.names}
+        results.append(result)
+    return results

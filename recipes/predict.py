@@ -1,0 +1,95 @@
+"""Label new data with a finetuned classifier and write the input's rows with their predictions.
+
+Supports:
+- models: a classify recipe's output_dir, its merged/ folder (LoRA with merge_adapter), a LoRA adapter folder
+  (labels from its label_config.json, its trained head restored), or a sequence classifier on the Hub;
+- data: everything classify reads (csv / tsv / json / jsonl / parquet / txt files, folders, globs; or `dataset_name`
+  + `dataset_config_name` + `dataset_split` from the Hub), one text column or a text pair (`text_column_names`,
+  default `text`, `sentence1 sentence2` or `sentence`), the same `clean_text` options as training;
+- output by extension (.csv, .jsonl, .parquet): every input column, then `predicted` (the label; names for
+  multi-label, above `multi_label_threshold`; the value for regression) and `score` (its probability), and
+  `prob_<label>` per class with `all_probabilities`; rows without text keep their place with empty cells;
+- speed: classify's test prediction (length-sorted batches, dynamic padding, the input order restored),
+  `per_device_eval_batch_size` 64, `bf16_full_eval`; under `accelerate launch` the batches are shared between the
+  processes and gathered in order, and the main process writes the file.
+
+Fails before predicting, leaving no output file, on: an output name that is not .csv / .jsonl / .parquet, a missing
+data file or text column (naming the columns there), an empty input or one without any text, input columns named
+like the output's, a model that is not a sequence classifier (an MLM output), an adapter without its label file.
+The file is written under a temporary name and renamed once complete.
+
+Launch:
+    python recipes/predict.py --model_name_or_path outputs/classify --test_file new.csv --output_file labelled.csv
+    transferkit predict outputs/classify new.csv --output labelled.parquet --all_probabilities
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m transferkit.recipes.predict \\
+        --model_name_or_path outputs/classify --dataset_name imdb --dataset_split test --output_file imdb.jsonl
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from datasets import DatasetDict
+from transformers import TrainingArguments
+
+from transferkit.arguments import ModelArguments
+from transferkit.config import parse_config
+from transferkit.errors import exit_on_user_error
+from transferkit.predict import (
+    PredictArguments,
+    check_model_source,
+    load_prediction_data,
+    load_prediction_model,
+    predict_columns,
+    prediction_trainer,
+)
+from transferkit.preprocess import main_process_first
+from transferkit.reports import with_predictions, write_table
+from transferkit.text import TextCleaningArguments, apply_text_cleaning
+from transferkit.train import runtime_defaults, setup_logging, with_arguments
+
+logger = logging.getLogger("transferkit.recipes.predict")
+
+DEFAULTS = {"per_device_eval_batch_size": 64, "report_to": "none"}
+ARGUMENT_TYPES = (ModelArguments, PredictArguments, TextCleaningArguments, TrainingArguments)
+REFUSED = {
+    "output_dir": "predict writes output_file (Trainer works in its folder); set output_file instead.",
+    "dataloader_drop_last": "predict labels every row; the last incomplete batch would be left unpredicted.",
+    "push_to_hub": "predict writes a file; publish a model with `transferkit push`.",
+    "ignore_mismatched_sizes": "a classifier whose head does not match its labels cannot predict them.",
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, args, text_args, training_args = parse_config(
+        ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__, refused=REFUSED
+    )
+    folder = os.path.dirname(os.path.abspath(args.output_file))
+    training_args = with_arguments(training_args, "output_file's folder", output_dir=folder)
+    setup_logging(training_args)
+    adapter = check_model_source(model_args)  # not a classifier, or an adapter without labels: before the data
+
+    # the main process checks and cleans the data; the others then read its cache (and raise its errors)
+    with main_process_first(training_args, desc="loading, checking and cleaning the data"):
+        dataset, text_columns = load_prediction_data(args, model_args)
+        cleaned = apply_text_cleaning(DatasetDict({"predict": dataset}), text_columns, text_args)["predict"]
+    loaded = load_prediction_model(model_args, adapter)
+    trainer = prediction_trainer(loaded, training_args)  # ClassificationTrainer: length-sorted, order restored
+    columns, metrics = predict_columns(
+        trainer,
+        cleaned,
+        text_columns,
+        args.data_arguments(),
+        loaded.spec,
+        args.all_probabilities,
+        args.multi_label_threshold,
+    )
+    if trainer.is_world_process_zero():
+        write_table(with_predictions(dataset, columns), args.output_file)  # the input as read, not as cleaned
+        trainer.log_metrics("predict", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
