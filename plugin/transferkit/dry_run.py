@@ -24,7 +24,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from transferkit import memory
-from transferkit.sparse_mlm import _is_sparse_forward
+from transferkit.sparse_mlm import is_sparse_forward
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def _head(model: torch.nn.Module, collator) -> tuple[str, float]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
     if name.endswith("ForMaskedLM"):
-        sparse = _is_sparse_forward(base.__dict__.get("forward"))
+        sparse = is_sparse_forward(base.__dict__.get("forward"))
         return "masked_lm", float(getattr(collator, "mlm_probability", 0.15)) if sparse else 1.0
     return ("causal_lm" if name.endswith("ForCausalLM") else "classifier"), 1.0
 

@@ -130,7 +130,8 @@ def _layout_of(model: nn.Module) -> _Layout:
     return layout
 
 
-def _is_sparse_forward(forward: Any) -> bool:
+def is_sparse_forward(forward: Any) -> bool:
+    """Whether `forward` (an instance's own, from its __dict__) is the sparse head's: the dry run counts its cost."""
     return getattr(forward, "__func__", None) in (_forward_with_segments, _forward_without_segments)
 
 
@@ -146,7 +147,7 @@ def enable_sparse_mlm_head(model: nn.Module) -> bool:
     when something else already set an instance-level forward (replacing it would drop that wrapper).
     """
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if _is_sparse_forward(target.__dict__.get("forward")):
+    if is_sparse_forward(target.__dict__.get("forward")):
         return True
     layout, reason = _find_layout(target)
     if layout is None:
