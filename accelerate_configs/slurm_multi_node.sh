@@ -45,6 +45,11 @@ MAIN_PROCESS_PORT="${MAIN_PROCESS_PORT:-29500}"
 GRACE_SECONDS="${GRACE_SECONDS:-600}"
 # torchrun (inside accelerate launch) waits this long for its workers after SIGTERM, then SIGKILLs them.
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-$GRACE_SECONDS}"
+if ! python -c 'import inspect, torch.distributed.launcher.api as api
+raise SystemExit("TORCH_ELASTIC_SHUTDOWN_TIMEOUT" not in inspect.getsource(api))' 2>/dev/null; then
+    echo "warning: this torch's torchrun ignores TORCH_ELASTIC_SHUTDOWN_TIMEOUT and kills its workers 30 s after" \
+        "SIGTERM: a checkpoint that takes longer to save is lost (a newer torch reads it)" >&2
+fi
 GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-$(nvidia-smi --list-gpus | wc -l)}}"
 NUM_MACHINES="${SLURM_NNODES:?run this script with sbatch}"
 MAIN_PROCESS_IP="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)"  # sed reads all: no SIGPIPE

@@ -652,3 +652,11 @@ def test_decoder_clm_lora_config_trains_a_tiny_qwen2(tmp_path):
     assert metrics["train_loss"] > 0 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
     adapter = yaml.safe_load((tmp_path / "out" / "adapter_config.json").read_text())  # JSON is YAML
     assert adapter["r"] == 64 and adapter["lora_alpha"] == 16 and adapter["task_type"] == "CAUSAL_LM"
+
+
+def test_predict_without_data_after_the_model_says_where_it_goes(tmp_path):
+    """A flag between MODEL and DATA takes DATA as its value (argparse's optional positional): one clear line."""
+    from transferkit import cli
+
+    with pytest.raises(TransferKitError, match="give DATA right after MODEL"):
+        cli.main(["predict", str(tmp_path), "--per_device_eval_batch_size", "8", "data.csv", "--output", "o.csv"])

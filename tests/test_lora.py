@@ -278,6 +278,7 @@ def test_qlora_loads_the_base_in_4_bits_in_both_recipes(tiny_bert, reviews_csv, 
     )
     for auto_class in ("AutoModelForSequenceClassification", "AutoModelForMaskedLM"):
         monkeypatch.setattr(getattr(transferkit.models, auto_class), "from_pretrained", from_pretrained)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # an accelerate config's bf16: no bf16 flag is set
     common = ["--model_name_or_path", tiny_bert, "--train_file", reviews_csv, "--use_peft", "true"]
     common += ["--load_in_4bit", "true", "--use_cpu", "true", "--report_to", "none"]
     for main in (classify.main, mlm.main):
@@ -287,6 +288,7 @@ def test_qlora_loads_the_base_in_4_bits_in_both_recipes(tiny_bert, reviews_csv, 
         config = kwargs["quantization_config"]
         assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
         assert "classifier" in config.llm_int8_skip_modules and kwargs["device_map"] == {"": 0}
+        assert config.bnb_4bit_compute_dtype == torch.bfloat16  # the 4-bit layers compute in the run's precision
     assert len(received) == 2
 
 

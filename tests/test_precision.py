@@ -86,6 +86,21 @@ def test_a_flag_contradicting_precision_follows_the_precedence_rule(tmp_path, ca
         training_args("--precision", "bf16", "--bf16", "false")
 
 
+def test_precision_fp32_winning_over_a_yaml_flag_turns_the_flag_off(tmp_path):
+    args = training_args("--precision", "fp32", yaml_text="bf16: true\n", tmp_path=tmp_path)
+    assert not args.bf16 and not args.fp16  # the log said fp32: the run must not train in bf16
+
+
+def test_code_that_asks_the_arguments_sees_the_accelerate_configs_precision(monkeypatch):
+    """TrainingArguments keeps a launcher's bf16 in `mixed_precision` with its bf16 flag off: QLoRA's compute dtype
+    and the dry run's memory estimate read both."""
+    monkeypatch.setenv(precision.LAUNCHER_ENV, "bf16")
+    args = training_args("--use_cpu", "true")
+    assert not args.bf16 and precision.args_precision(args) == "bf16"
+    monkeypatch.setenv(precision.LAUNCHER_ENV, "no")
+    assert precision.args_precision(training_args("--use_cpu", "true")) is None
+
+
 def test_fp32_cannot_undo_the_accelerate_configs_mixed_precision(monkeypatch):
     monkeypatch.setenv(precision.LAUNCHER_ENV, "bf16")
     with pytest.raises(TransferKitError, match="precision fp32 .* mixed_precision bf16"):

@@ -109,6 +109,12 @@ def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> int:
     their own options here, so a value after them is never taken for DATA)."""
     from transferkit.recipes.predict import main as predict
 
+    flags = {item.split("=")[0] for item in overrides}
+    if args.data is None and args.dataset_name is None and not flags & {"--test_file", "--data"}:
+        raise TransferKitError(
+            "transferkit predict: give DATA right after MODEL (transferkit predict MODEL DATA [flags] --output FILE) "
+            "or --dataset_name; a file named after a flag is taken as that flag's value."
+        )
     argv = ["--model_name_or_path", args.model, "--output_file", args.output]
     given = {"test_file": args.data, **{key: getattr(args, key) for key in PREDICT_DATASET_FLAGS}}
     argv += [item for key, value in given.items() if value is not None for item in (f"--{key}", value)]

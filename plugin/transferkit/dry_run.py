@@ -24,6 +24,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from transferkit import memory
+from transferkit.precision import args_precision
 from transferkit.sparse_mlm import is_sparse_forward
 
 logger = logging.getLogger(__name__)
@@ -313,8 +314,9 @@ def _backend(trainer: Trainer) -> tuple[str, dict]:
 
 
 def _mixed_precision(trainer: Trainer) -> bool:
-    """bf16/fp16 mixed precision: Trainer's flags, or a DeepSpeed config that turns it on itself."""
-    if trainer.args.bf16 or trainer.args.fp16:
+    """bf16/fp16 mixed precision: Trainer's flags or the accelerate config's, or a DeepSpeed config that turns it on
+    itself."""
+    if args_precision(trainer.args) is not None:
         return True
     if trainer.is_deepspeed_enabled:
         config = trainer.accelerator.state.deepspeed_plugin.deepspeed_config or {}
@@ -351,7 +353,7 @@ def _head(model: torch.nn.Module, collator) -> tuple[str, float]:
 
 def _precision_label(trainer: Trainer, counts: memory.ParameterCounts, mixed: bool, backend: str) -> str:
     """How the weights are held, in words, for the plan's memory line."""
-    half = "fp16" if trainer.args.fp16 else "bf16"
+    half = "fp16" if args_precision(trainer.args) == "fp16" else "bf16"
     if backend.startswith("zero") and mixed:
         label = f"DeepSpeed {half} (16-bit weights, fp32 master copy)"
     elif counts.weight_bytes <= 2:

@@ -23,6 +23,7 @@ from transformers.pytorch_utils import Conv1D
 
 from transferkit.arguments import with_help
 from transferkit.errors import TransferKitError
+from transferkit.precision import args_precision
 from transferkit.ranges import COUNT, above, between, check_own_ranges
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def quantization_kwargs(args: LoraArguments, training_args: TrainingArguments) -
     if not args.load_in_4bit:
         return {}
     skip = ["classifier", "pre_classifier", "score", r"(.*\.)?pooler", "head", "cls", "lm_head"]  # prefix/suffix/regex
-    compute = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args_precision(training_args), torch.float32)
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

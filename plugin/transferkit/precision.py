@@ -106,8 +106,8 @@ def auto_choice(values: dict[str, Any], where: dict[str, str]) -> Choice:
 def apply_choice(values: dict[str, Any], choice: Choice) -> None:
     """Set the TrainingArguments flags for `choice` (a launcher-chosen precision needs none: TrainingArguments reads
     it) and log the one line that says what and why."""
-    if choice.precision in FLAGS and not choice.by_launcher:
-        for flag in FLAGS:
+    if choice.precision in (*FLAGS, "fp32") and not choice.by_launcher:
+        for flag in FLAGS:  # fp32: both off, also a flag set true elsewhere that precision won over
             values[flag] = flag == choice.precision
         if choice.precision == "bf16" and not values.get("use_cpu") and _accelerator() is None:
             values["use_cpu"] = True  # TrainingArguments allows bf16 on a CPU only with use_cpu
@@ -118,6 +118,16 @@ def apply_choice(values: dict[str, Any], choice: Choice) -> None:
 
 def describe(precision: str) -> str:
     return "fp32" if precision in ("no", "fp32") else f"{precision} mixed precision"
+
+
+def args_precision(args: Any) -> str | None:
+    """The mixed precision TrainingArguments will train in: its bf16/fp16 flags, else what the accelerate config
+    asked for (TrainingArguments keeps that in `mixed_precision` and leaves the flags off); None for fp32."""
+    for flag in FLAGS:
+        if getattr(args, flag, False):
+            return flag
+    chosen = getattr(args, "mixed_precision", None)
+    return None if chosen in (None, "", "no") else str(chosen)
 
 
 def used_precision(mixed_precision: str | None) -> str:
@@ -135,6 +145,7 @@ def record_precision(trainer: Trainer) -> str:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             results = json.load(handle)
-    with open(path, "w", encoding="utf-8") as handle:
+    with open(path + ".partial", "w", encoding="utf-8") as handle:  # a kill mid-write leaves the old file whole
         json.dump({**results, "precision": used}, handle, indent=4, sort_keys=True)  # Trainer.save_metrics' layout
+    os.replace(path + ".partial", path)
     return used
