@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from transferkit.errors import TransferKitError
+from transferkit.memory import repeated_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +124,7 @@ def fsdp_layer_classes(model: nn.Module) -> list[str]:
     declared = [name for name in sorted(getattr(model, "_no_split_modules", None) or []) if name in present]
     if declared:
         return declared
-    lists = [module for module in model.modules() if isinstance(module, nn.ModuleList) and len(module) > 0]
-    if not lists:
-        return []
-    largest = max(lists, key=lambda blocks: (sum(p.numel() for p in blocks.parameters()), len(blocks)))
-    return sorted({type(block).__name__ for block in largest})
+    return sorted({type(block).__name__ for block in repeated_blocks(model)})
 
 
 def fill_fsdp_layer_classes(model: nn.Module, args: Any) -> list[str] | None:

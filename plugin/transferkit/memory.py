@@ -349,7 +349,7 @@ def count_parameters(model: torch.nn.Module) -> ParameterCounts:
                 trainable_sizes[parameter.element_size()] = trainable_sizes.get(parameter.element_size(), 0) + count
             if name == "weight" and _is_matmul(module):
                 matmul += count
-    largest = max((sum(_numel(p) for p in layer.parameters()) for layer in _layers(model)), default=0)
+    largest = max((sum(_numel(p) for p in layer.parameters()) for layer in repeated_blocks(model)), default=0)
     return ParameterCounts(
         total=total,
         trainable=trainable,
@@ -361,10 +361,13 @@ def count_parameters(model: torch.nn.Module) -> ParameterCounts:
     )
 
 
-def _layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks (the children of the longest ModuleList): what ZeRO-3 / FSDP gather one at a time."""
-    lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer layers: the blocks of the model's largest non-empty ModuleList (by parameters, then length).
+    What ZeRO-3 / FSDP gather one at a time, and what FSDP wraps one by one (distributed.fsdp_layer_classes)."""
+    lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList) and len(module) > 0]
+    if not lists:
+        return []
+    return list(max(lists, key=lambda blocks: (sum(_numel(p) for p in blocks.parameters()), len(blocks))))
 
 
 def meta_model(config, model_class=None) -> torch.nn.Module:
