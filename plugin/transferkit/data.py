@@ -24,6 +24,7 @@ from transferkit.labels import (
     check_labels_present,
     drop_missing_class_labels,
     encode_labels,
+    has_text,
     infer_label_spec,
 )
 
@@ -418,12 +419,6 @@ def drop_empty_texts(splits: DatasetDict, text_columns: list[str], predicted: tu
             )
         cleaned[name] = kept
     return DatasetDict(cleaned)
-
-
-def has_text(batch: dict, columns: list[str]) -> list[bool]:
-    """Per row of a batch: does any of `columns` hold text (not None, not only whitespace)?"""
-    rows = zip(*(batch[column] for column in columns))
-    return [any(text is not None and str(text).strip() for text in row) for row in rows]
 
 
 def rows_with_text(dataset: Dataset, columns: list[str]) -> list[int]:

@@ -103,6 +103,13 @@ def drop_missing_class_labels(splits: DatasetDict, column: str) -> DatasetDict:
     return DatasetDict(cleaned)
 
 
+def has_text(batch: dict, columns: Sequence[str]) -> list[bool]:
+    """Per row of a batch: does any of `columns` hold text (not None, not only whitespace)? A row without any is
+    dropped from training (data.py) and needs no label (check_labels_present)."""
+    rows = zip(*(batch[column] for column in columns))
+    return [any(text is not None and str(text).strip() for text in row) for row in rows]
+
+
 def check_labels_present(
     split: Dataset,
     column: str,
@@ -114,16 +121,13 @@ def check_labels_present(
     """Every row needs a label; rows with no text at all are not counted (they are dropped with a count, or kept
     unpredicted in a test split); a row with one empty side of a text pair has text, and needs its label."""
     values = split[column][:] if values is None else values
-    texts = list(zip(*(split[text][:] for text in text_columns))) if text_columns else [()] * len(values)
-    missing = [
-        index
-        for index, (value, text) in enumerate(zip(values, texts))
-        if (value is None or value == "")
-        and (not text_columns or any(item is not None and str(item).strip() for item in text))
-    ]
+    texts = {text: split[text][:] for text in text_columns}
+    counted = has_text(texts, text_columns) if text_columns else [True] * len(values)
+    missing = [index for index, value in enumerate(values) if (value is None or value == "") and counted[index]]
     if missing:
         where = f" ({source})" if source else ""
-        first = f", text {' / '.join(map(str, texts[missing[0]]))!r:.80}" if text_columns else ""
+        first_text = " / ".join(str(texts[text][missing[0]]) for text in text_columns)
+        first = f", text {first_text!r:.80}" if text_columns else ""
         raise TransferKitError(
             f"{len(missing)} rows of the {name} split{where} have no value in '{column}' (first: data row "
             f"{missing[0] + 1}, counted from 1 after any header{first}). Fill in or drop those rows, or point "
