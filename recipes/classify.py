@@ -8,8 +8,10 @@ Supports:
 - dynamic padding with length-grouped batches and length-sorted evaluation, class weights (`class_weights: auto`),
   early stopping with best-model selection, the new head trained alone for `head_warmup_steps` before the whole
   model, offline metrics (accuracy, F1, precision, recall, MCC / multi-label F1 / MSE, Pearson, Spearman);
+- long texts (`long_text`): truncated, read as their head and tail, or (evaluation and test predictions) in
+  overlapping windows whose logits are averaged or maxed per document;
 - outputs in `output_dir`: model + tokenizer (safetensors), all_results.json, test predictions CSV, confusion
-  matrix and training-curve PNGs, a model card.
+  matrix and training-curve PNGs, a model card, transferkit_text.json (how the texts were read, for predict).
 
 Fails before training, with one message naming the thing and the fix, on: a missing file or unknown format, a
 text or label column that does not exist, an empty split, rows without a label, a validation/test label that
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import logging
 
-from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from transferkit.arguments import ClassificationArguments, DataArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
@@ -46,6 +48,7 @@ from transferkit.models import (
     load_tokenizer,
     resolve_max_seq_length,
 )
+from transferkit.predict import save_text_settings
 from transferkit.preprocess import main_process_first, report_preprocessed, tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reports import predict_and_report
@@ -61,7 +64,7 @@ from transferkit.train import (
     train_and_save,
     without_evaluation_if_no_split,
 )
-from transferkit.trainers import ClassificationTrainer
+from transferkit.trainers import ClassificationTrainer, classification_collator
 
 logger = logging.getLogger("transferkit.recipes.classify")
 
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if lora_args.use_peft:
         model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
-    tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, training_args)
+    long_text = cls_args.long_text_settings()  # truncate, head_tail or windows (transferkit.preprocess.LongText)
+    tokenized = tokenize_for_classification(
+        splits, tokenizer, text_columns, max_seq_length, data_args, training_args, long_text
+    )
     if data_args.preprocess_only:  # the data is in the datasets cache: the training launch comes next
         report_preprocessed(tokenized, "classify")
         return {}
@@ -131,11 +137,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else True, max_length=pad_to),
+        data_collator=classification_collator(tokenizer, max_seq_length, long_text, pad_to),  # windows: long rows cut
         compute_metrics=build_compute_metrics(spec.problem_type, load_metric(spec.problem_type, cls_args.metric_name)),
         callbacks=callbacks,
         optimizer_cls_and_kwargs=warmup and warmup.optimizer_cls_and_kwargs(training_args, model),
         class_weights=weights or None,
+        window_aggregation=long_text.window_aggregation,
     )
     ThroughputCallback().add_first(trainer)  # tokens/s and MFU in the logs, ahead of the report_to integrations
     check_requested_backend(trainer, recipe="classify")
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(
             save_lora_outputs(trainer, training_args.output_dir, lora_args.merge_adapter, tokenizer, model_args)
         )
+    if trainer.is_world_process_zero():  # what predict needs to read new data as this run read its own
+        save_text_settings(training_args.output_dir, text_columns, data_args, max_seq_length, long_text)
     if "validation" in tokenized and training_args.do_eval:
         metrics.update(evaluate_and_save(trainer))
     if "test" in tokenized and training_args.do_predict:

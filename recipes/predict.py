@@ -9,6 +9,9 @@ Supports:
 - output by extension (.csv, .jsonl, .parquet): every input column, then `predicted` (the label; names for
   multi-label, above `multi_label_threshold`; the value for regression) and `score` (its probability), and
   `prob_<label>` per class with `all_probabilities`; rows without text keep their place with empty cells;
+- texts read as the classify run read them (its transferkit_text.json: text columns, delimiter, max_seq_length,
+  long_text), each an option that wins when given; long texts truncated, read as head and tail, or in overlapping
+  windows whose logits are averaged (or maxed) into the row's;
 - speed: classify's test prediction (length-sorted batches, dynamic padding, the input order restored),
   `per_device_eval_batch_size` 64, `bf16_full_eval`; under `accelerate launch` the batches are shared between the
   processes and gathered in order, and the main process writes the file.
@@ -43,6 +46,7 @@ from transferkit.predict import (
     load_prediction_model,
     predict_columns,
     prediction_trainer,
+    saved_text_settings,
 )
 from transferkit.preprocess import main_process_first
 from transferkit.reports import with_predictions, write_table
@@ -69,13 +73,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     training_args = with_arguments(training_args, "output_file's folder", output_dir=folder)
     setup_logging(training_args)
     adapter = check_model_source(model_args)  # not a classifier, or an adapter without labels: before the data
+    saved = saved_text_settings(model_args)  # how classify read its texts: the default of every option left unset
+    args = args.with_saved(saved)
 
     # the main process checks and cleans the data; the others then read its cache (and raise its errors)
     with main_process_first(training_args, desc="loading, checking and cleaning the data"):
-        dataset, text_columns = load_prediction_data(args, model_args)
+        dataset, text_columns = load_prediction_data(args, model_args, saved.text_column_names)
         cleaned = apply_text_cleaning(DatasetDict({"predict": dataset}), text_columns, text_args)["predict"]
     loaded = load_prediction_model(model_args, adapter)
-    trainer = prediction_trainer(loaded, training_args)  # ClassificationTrainer: length-sorted, order restored
+    long_text = args.long_text_settings()  # truncate, head_tail or windows (transferkit.preprocess.LongText)
+    trainer = prediction_trainer(loaded, training_args, args.max_seq_length, long_text)  # length-sorted, in order
     columns, metrics = predict_columns(
         trainer,
         cleaned,
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         loaded.spec,
         args.all_probabilities,
         args.multi_label_threshold,
+        long_text,
     )
     if trainer.is_world_process_zero():
         write_table(with_predictions(dataset, columns), args.output_file)  # the input as read, not as cleaned

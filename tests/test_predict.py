@@ -264,3 +264,59 @@ def test_two_processes_give_the_one_process_output_in_order(runs, tmp_path):
     assert [row["predicted"] for row in two_rows] == [row["predicted"] for row in one_rows]
     for a, b in zip(one_rows, two_rows):
         assert (a["score"] == b["score"] == "") or float(a["score"]) == pytest.approx(float(b["score"]), abs=1e-5)
+
+
+def write_review_column(path, rows: int, seed: int, words: int) -> str:
+    """Reviews in a column named `review`, each `words` neutral words long with its two sentiment words at the end:
+    past a 32-token truncation, so how long a text is read changes the prediction."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "label"])
+        for index in range(rows):
+            positive = index % 2 == 0
+            text = [rng.choice(NEUTRAL) for _ in range(rng.choice([3, words]))]
+            text += [rng.choice(POSITIVE if positive else NEGATIVE) for _ in range(2)]
+            writer.writerow([" ".join(text), "pos" if positive else "neg"])
+    return str(path)
+
+
+def test_predict_reads_texts_as_the_classify_run_did(tiny_bert, runs, tmp_path):
+    """classify records its text column (`review`) and max_seq_length (32) in transferkit_text.json; predict then
+    needs neither flag and gives classify's own test predictions, long texts truncated at 32 tokens as there (the
+    tiny model takes 64). An explicit option still wins."""
+    train = write_review_column(tmp_path / "train.csv", rows=80, seed=1, words=8)
+    test = write_review_column(tmp_path / "test.csv", rows=12, seed=2, words=45)
+    output_dir = tmp_path / "review-model"
+    classify(classify_args(tiny_bert, train, test, output_dir, "--text_column_names", "review"))
+    with open(output_dir / predict_module.TEXT_SETTINGS_FILE, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    assert saved["text_column_names"] == ["review"] and saved["max_seq_length"] == 32
+    assert saved["long_text"] == "truncate"
+    assert os.path.isfile(os.path.join(runs["lora"], "merged", predict_module.TEXT_SETTINGS_FILE))
+
+    rows = run_predict(str(output_dir), test, tmp_path / "labelled.csv", "--all_probabilities", "true")
+    expected = read_csv(output_dir / "predictions.csv")
+    assert [row["predicted"] for row in rows] == [row["predicted"] for row in expected]
+    for row, gold in zip(rows, expected):
+        assert float(row["prob_pos"]) == pytest.approx(float(gold["prob_pos"]), abs=1e-5)
+
+    longer = run_predict(str(output_dir), test, tmp_path / "longer.csv", "--max_seq_length", "64")
+    long_rows = [index for index, row in enumerate(read_csv(test)) if len(row["review"].split()) > 40]
+    assert long_rows  # the texts that 32 tokens cut: read whole now, so scored differently
+    assert all(longer[i]["score"] != rows[i]["score"] for i in long_rows)
+    texts = [row["review"] for row in read_csv(test)]
+    assert [result["label"] for result in predict(str(output_dir), texts)] == [row["predicted"] for row in rows]
+
+
+def test_saved_text_columns_missing_from_new_data(caplog):
+    """Saved columns the new data lacks: the usual name when it reads as many columns (with a warning naming both),
+    else an error; an explicit choice is taken as it is."""
+    choose = predict_module.choose_text_columns
+    assert choose(["id", "review"], None, ["review"], "new.csv") == ["review"]
+    with caplog.at_level("WARNING", logger="transferkit.predict"):
+        assert choose(["id", "text"], None, ["review"], "new.csv") == ["text"]
+    assert "trained on the text column(s) review, which new.csv lacks: reading text" in caplog.text
+    with pytest.raises(TransferKitError, match="trained on the text column\\(s\\) question, answer, which new.csv"):
+        choose(["id", "text"], None, ["question", "answer"], "new.csv")
+    assert choose(["body", "text"], ["body"], ["review"], "new.csv") == ["body"]

@@ -222,9 +222,52 @@ class ClassificationArguments:
             range=at_least(0),
         ),
     )
+    long_text: str = field(
+        default="truncate",
+        **with_help(
+            "How a text longer than max_seq_length is read. truncate: its first tokens. head_tail: its first "
+            "head_tokens and its last tokens, as many as fit (Sun et al. 2019: head 128 + tail 382 read IMDb best). "
+            "windows: evaluation and prediction read overlapping windows of max_seq_length tokens, window_stride "
+            "apart, and aggregate their logits per document (window_aggregation); training reads head_tail.",
+            choices=["truncate", "head_tail", "windows"],
+        ),
+    )
+    head_tokens: int | None = field(
+        default=None,
+        **with_help(
+            "long_text head_tail (and windows' training): the first tokens kept; the rest of max_seq_length goes to "
+            "the text's last tokens. Default: a quarter of the room (128 of 510, as Sun et al.).",
+            range=at_least(0),
+        ),
+    )
+    window_stride: int | None = field(
+        default=None,
+        **with_help(
+            "long_text windows: tokens between the starts of two windows (less than a window's text tokens: they "
+            "overlap). Default: half a window.",
+            range=at_least(1),
+        ),
+    )
+    window_aggregation: str = field(
+        default="mean",
+        **with_help(
+            "long_text windows: a document's logits are the mean or the max of its windows' logits.",
+            choices=["mean", "max"],
+        ),
+    )
+
+    def long_text_settings(self):
+        """The long-text options as transferkit.preprocess.LongText (tokenizing and the window collator take it)."""
+        from transferkit.preprocess import LongText
+
+        return LongText(self.long_text, self.head_tokens, self.window_stride, self.window_aggregation)
 
     def __post_init__(self) -> None:
         check_own_ranges(self)
+        if self.long_text not in ("truncate", "head_tail", "windows"):
+            raise TransferKitError(f"long_text must be truncate, head_tail or windows, got {self.long_text!r}.")
+        if self.window_aggregation not in ("mean", "max"):
+            raise TransferKitError(f"window_aggregation must be mean or max, got {self.window_aggregation!r}.")
         if self.problem_type not in (None, *PROBLEM_TYPES):
             raise TransferKitError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}.")
         if self.class_weights and self.class_weights != ["auto"]:

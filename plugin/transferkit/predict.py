@@ -13,7 +13,9 @@ and the output file appears only once it is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
 import os
 import tempfile
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from datasets import Dataset, DatasetDict
 from transformers import (
     AutoModelForSequenceClassification,
-    DataCollatorWithPadding,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -50,7 +51,7 @@ from transferkit.models import (
     load_tokenizer,
     resolve_max_seq_length,
 )
-from transferkit.preprocess import tokenize_for_classification
+from transferkit.preprocess import LONG_TEXT_MODES, WINDOW_AGGREGATIONS, LongText, tokenize_for_classification
 from transferkit.ranges import COUNT, at_least, between, check_own_ranges
 from transferkit.reports import (
     OUTPUT_FORMATS,
@@ -60,11 +61,14 @@ from transferkit.reports import (
     result_columns,
     with_predictions,
 )
-from transferkit.trainers import ClassificationTrainer
+from transferkit.trainers import ClassificationTrainer, classification_collator
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64  # no gradients or optimizer state at inference: a batch several times training's fits
+# Written by the classify recipe next to its model (and its merged/ model): how it read its texts, so that new data
+# is read the same way. An adapter folder has no config.json, hence a file of its own (as lora.LABELS_FILE).
+TEXT_SETTINGS_FILE = "transferkit_text.json"
 
 
 @dataclass
@@ -95,16 +99,42 @@ class PredictArguments:
     text_column_names: list[str] | None = field(
         default=None,
         **with_help(
-            "The text column, or two for a text pair, as the model was trained with (sentence1,sentence2). "
-            "Default: 'text', 'sentence1 sentence2' or 'sentence', as classify picks them."
+            "The text column, or two for a text pair (sentence1,sentence2). Default: the column(s) the classify run "
+            f"read ({TEXT_SETTINGS_FILE} next to the model), else 'text', 'sentence1 sentence2' or 'sentence'."
         ),
     )
     text_column_delimiter: str | None = field(
-        default=None, **with_help("Join the text columns with this delimiter, if the model was trained that way.")
+        default=None,
+        **with_help("Join the text columns with this delimiter. Default: the classify run's (its settings file)."),
     )
     max_seq_length: int | None = field(
         default=None,
-        **with_help("Truncate texts to this many tokens. Default: the model's limit, at most 512.", range=at_least(8)),
+        **with_help(
+            "Tokens per input. Default: the classify run's, else the model's limit, at most 512.", range=at_least(8)
+        ),
+    )
+    long_text: str | None = field(
+        default=None,
+        **with_help(
+            "A text longer than max_seq_length: truncate, head_tail (its first head_tokens and its last tokens) or "
+            "windows (overlapping windows, logits aggregated per row). Default: the classify run's, else truncate.",
+            choices=list(LONG_TEXT_MODES),
+        ),
+    )
+    head_tokens: int | None = field(
+        default=None, **with_help("long_text head_tail: the first tokens kept.", range=at_least(0))
+    )
+    window_stride: int | None = field(
+        default=None,
+        **with_help("long_text windows: tokens between two windows' starts. Default: half a window.", range=COUNT),
+    )
+    window_aggregation: str | None = field(
+        default=None,
+        **with_help(
+            "long_text windows: a row's logits are the mean or the max of its windows'. Default: the classify "
+            "run's, else mean.",
+            choices=list(WINDOW_AGGREGATIONS),
+        ),
     )
     all_probabilities: bool = field(default=False, **with_help("Also write every class's probability (prob_<label>)."))
     multi_label_threshold: float = field(
@@ -123,6 +153,21 @@ class PredictArguments:
         check_output_file(self.output_file)
         self.text_column_names = comma_separated(self.text_column_names)
         self.data_arguments()  # DataArguments' own checks (text_column_names count, delimiter escapes)
+        if self.long_text not in (None, *LONG_TEXT_MODES):
+            raise TransferKitError(f"long_text must be one of {', '.join(LONG_TEXT_MODES)}, got {self.long_text!r}.")
+        if self.window_aggregation not in (None, *WINDOW_AGGREGATIONS):
+            raise TransferKitError(f"window_aggregation must be mean or max, got {self.window_aggregation!r}.")
+
+    def with_saved(self, saved: TextSettings) -> PredictArguments:
+        """These arguments with every option left unset taken from the classify run's settings (the text column
+        names stay as given: `choose_text_columns` weighs the saved ones against the data's columns)."""
+        unset = {name: getattr(saved, name) for name in SAVED_OPTIONS if getattr(self, name) is None}
+        return dataclasses.replace(self, **{name: value for name, value in unset.items() if value is not None})
+
+    def long_text_settings(self) -> LongText:
+        return LongText(
+            self.long_text or "truncate", self.head_tokens, self.window_stride, self.window_aggregation or "mean"
+        )
 
     def data_arguments(self) -> DataArguments:
         """The options of transferkit.data's loading and tokenizing, which take DataArguments."""
@@ -137,6 +182,65 @@ class PredictArguments:
             preprocessing_num_workers=self.preprocessing_num_workers,
             overwrite_cache=self.overwrite_cache,
         )
+
+
+# -- how the classify run read its texts ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextSettings:
+    """What TEXT_SETTINGS_FILE records (None: not recorded, so predict's own default applies)."""
+
+    text_column_names: list[str] | None = None
+    text_column_delimiter: str | None = None
+    max_seq_length: int | None = None
+    long_text: str | None = None
+    head_tokens: int | None = None
+    window_stride: int | None = None
+    window_aggregation: str | None = None
+
+
+SAVED_OPTIONS = tuple(name for name in TextSettings.__dataclass_fields__ if name != "text_column_names")
+
+
+def save_text_settings(
+    output_dir: str, text_columns: list[str], data_args: DataArguments, max_seq_length: int, long_text: LongText
+) -> None:
+    """Write TEXT_SETTINGS_FILE into output_dir and, when a LoRA run merged its adapter, into output_dir/merged."""
+    delimiter = data_args.text_column_delimiter
+    settings = TextSettings(
+        list(text_columns),
+        # as typed (\n for a newline): DataArguments reads escapes again when predict passes it on
+        None if delimiter is None else delimiter.encode("unicode_escape").decode("ascii"),
+        max_seq_length,
+        long_text.mode,
+        long_text.head_tokens,
+        long_text.window_stride,
+        long_text.window_aggregation,
+    )
+    for folder in (output_dir, os.path.join(output_dir, "merged")):
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, TEXT_SETTINGS_FILE), "w", encoding="utf-8") as handle:
+                json.dump(dataclasses.asdict(settings), handle, indent=2)
+
+
+def saved_text_settings(model_args: ModelArguments) -> TextSettings:
+    """The settings the classify run saved next to the model (a local folder or a Hub repo); empty for a model
+    without them (a classifier from elsewhere, or a checkpoint-N folder)."""
+    from transformers.utils import cached_file
+
+    hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
+    try:
+        path = cached_file(
+            model_args.model_name_or_path, TEXT_SETTINGS_FILE, **hub, _raise_exceptions_for_missing_entries=False
+        )
+    except (OSError, ValueError):
+        return TextSettings()
+    if path is None:
+        return TextSettings()
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    known = {name: value for name, value in saved.items() if name in TextSettings.__dataclass_fields__}
+    logger.info("Reading texts as the classify run did (%s): %s.", TEXT_SETTINGS_FILE, known)
+    return TextSettings(**known)
 
 
 def check_output_file(path: str) -> None:
@@ -268,9 +372,11 @@ def load_prediction_model(model_args: ModelArguments, adapter: str | None) -> Lo
 
 
 # -- the data ---------------------------------------------------------------------------------------------------
-def load_prediction_data(args: PredictArguments, model_args: ModelArguments) -> tuple[Dataset, list[str]]:
-    """The rows to label, with all their columns, and the text columns; through transferkit.data's loaders and
-    checks (file formats, UTF-8, malformed rows, Hub ids)."""
+def load_prediction_data(
+    args: PredictArguments, model_args: ModelArguments, saved_columns: list[str] | None = None
+) -> tuple[Dataset, list[str]]:
+    """The rows to label, with all their columns, and the text columns (`choose_text_columns`); through
+    transferkit.data's loaders and checks (file formats, UTF-8, malformed rows, Hub ids)."""
     if args.test_file is not None:
         if all(_holds_no_rows(path) for path in resolve_data_files(args.test_file, "test_file", tuple(FORMATS))):
             raise TransferKitError(f"test_file: {args.test_file} holds no rows: nothing to predict. Check the file.")
@@ -280,7 +386,7 @@ def load_prediction_data(args: PredictArguments, model_args: ModelArguments) -> 
         splits = load_hub_dataset(args.data_arguments(), model_args.cache_dir, streaming=False)
         split = pick_split(splits, args.dataset_split, args.dataset_name)
         dataset, where = splits[split], f"the {split} split of {args.dataset_name}"
-    return dataset, check_prediction_data(dataset, args.text_column_names, where)
+    return dataset, check_prediction_data(dataset, args.text_column_names, where, saved_columns)
 
 
 def _holds_no_rows(path: str) -> bool:
@@ -306,12 +412,14 @@ def pick_split(splits: DatasetDict, requested: str | None, name: str) -> str:
     return split
 
 
-def check_prediction_data(dataset: Dataset, requested: list[str] | None, where: str) -> list[str]:
-    """The text columns to read (the requested ones, else the names classify guesses); an empty input, a missing
-    column, no text at all or a column that the output would overwrite is an error naming it."""
+def check_prediction_data(
+    dataset: Dataset, requested: list[str] | None, where: str, saved: list[str] | None = None
+) -> list[str]:
+    """The text columns to read (`choose_text_columns`); an empty input, a missing column, no text at all or a
+    column that the output would overwrite is an error naming it."""
     if len(dataset) == 0:
         raise TransferKitError(f"{where} holds no rows: nothing to predict. Check the file.")
-    text_columns = resolve_text_columns(dataset.column_names, requested, split="input")
+    text_columns = choose_text_columns(dataset.column_names, requested, saved, where)
     if not rows_with_text(dataset, text_columns):
         raise TransferKitError(
             f"{where} has no text in any row ({', '.join(text_columns)} are empty): nothing to predict. "
@@ -326,14 +434,47 @@ def check_prediction_data(dataset: Dataset, requested: list[str] | None, where: 
     return text_columns
 
 
+def choose_text_columns(
+    columns: list[str], requested: list[str] | None, saved: list[str] | None, where: str
+) -> list[str]:
+    """The requested columns; else those the model was trained on, when the data has them; else the names classify
+    guesses ('text', ...), if as many as the model read (a warning says so); else an error naming both."""
+    if requested or not saved:
+        return resolve_text_columns(columns, requested, split="input")
+    if all(column in columns for column in saved):
+        return list(saved)
+    try:
+        guessed = resolve_text_columns(columns, None, split="input")
+    except TransferKitError:
+        guessed = []
+    if len(guessed) == len(saved):
+        logger.warning(
+            "The model was trained on the text column(s) %s, which %s lacks: reading %s instead.",
+            ", ".join(saved),
+            where,
+            ", ".join(guessed),
+        )
+        return guessed
+    raise TransferKitError(
+        f"The model was trained on the text column(s) {', '.join(saved)}, which {where} lacks (columns there: "
+        f"{', '.join(columns)}). Set text_column_names to the column(s) holding the text."
+    )
+
+
 # -- predicting -------------------------------------------------------------------------------------------------
-def prediction_trainer(loaded: LoadedModel, args: TrainingArguments) -> ClassificationTrainer:
-    """classify's Trainer, for its length-sorted prediction; batches padded to their longest text."""
+def prediction_trainer(
+    loaded: LoadedModel, args: TrainingArguments, max_seq_length: int | None = None, long_text: LongText | None = None
+) -> ClassificationTrainer:
+    """classify's Trainer, for its length-sorted prediction; batches padded to their longest text, and with
+    long_text windows a long text read in windows whose logits are aggregated (transferkit.trainers)."""
+    long_text = long_text or LongText()
+    max_length = resolve_max_seq_length(max_seq_length, loaded.tokenizer, loaded.model.config)
     return ClassificationTrainer(
         model=loaded.model,
         args=args,
         processing_class=loaded.tokenizer,
-        data_collator=DataCollatorWithPadding(loaded.tokenizer),
+        data_collator=classification_collator(loaded.tokenizer, max_length, long_text),
+        window_aggregation=long_text.window_aggregation,
     )
 
 
@@ -345,12 +486,15 @@ def predict_columns(
     spec: LabelSpec,
     all_probabilities: bool = False,
     threshold: float = 0.5,
+    long_text: LongText | None = None,
 ) -> tuple[dict[str, list], dict[str, float]]:
     """Tokenize `dataset` and predict it: (the result columns, one value per row of `dataset`; the metrics)."""
     tokenizer = trainer.processing_class
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, trainer.model.config)
     splits = DatasetDict({"predict": dataset})
-    tokenized = tokenize_for_classification(splits, tokenizer, text_columns, max_seq_length, data_args, trainer.args)
+    tokenized = tokenize_for_classification(
+        splits, tokenizer, text_columns, max_seq_length, data_args, trainer.args, long_text
+    )
     tokenized = tokenized["predict"]
     inputs = [column for column in tokenizer.model_input_names if column in tokenized.column_names]
     output, logits, rows = predict_rows_with_text(trainer, tokenized, text_columns, inputs, prefix="predict")
@@ -372,6 +516,10 @@ def predict(
     multi_label_threshold: float = 0.5,
     bf16: bool = False,
     cache_dir: str | None = None,
+    long_text: str | None = None,
+    head_tokens: int | None = None,
+    window_stride: int | None = None,
+    window_aggregation: str | None = None,
 ) -> list[dict] | Dataset:
     """Label texts with a TransferKit classifier (a classify output folder, its merged/ folder, a LoRA adapter
     folder, or a Hub id), in one process.
@@ -380,14 +528,30 @@ def predict(
     `text_column_names`). Texts come back as pipeline-like dicts in input order: {'label', 'score'} (multi-label:
     lists of names and probabilities; regression: {'score': value}), with 'probabilities' per class when asked and
     None for an empty text. A Dataset comes back with `predicted`, `score` (and prob_<label>) columns added.
+    Unset text options (max_seq_length, long_text, ...) are the classify run's (TEXT_SETTINGS_FILE).
     """
     import torch
 
-    dataset, text_columns = _as_dataset(data, text_column_names)
     model_args = ModelArguments(model_name_or_path=model, cache_dir=cache_dir)
-    loaded = load_prediction_model(model_args, check_model_source(model_args))
+    adapter = check_model_source(model_args)
+    saved = saved_text_settings(model_args)
+    dataset, text_columns = _as_dataset(data, text_column_names, saved.text_column_names)
+    loaded = load_prediction_model(model_args, adapter)
+    given = dict(max_seq_length=max_seq_length, long_text=long_text, head_tokens=head_tokens)
+    given.update(window_stride=window_stride, window_aggregation=window_aggregation)
+    options = {name: given.get(name) if given.get(name) is not None else getattr(saved, name) for name in SAVED_OPTIONS}
+    long = LongText(
+        options["long_text"] or "truncate",
+        options["head_tokens"],
+        options["window_stride"],
+        options["window_aggregation"] or "mean",
+    )
     # tokenize_for_classification takes DataArguments; its required data source is not read there.
-    data_args = DataArguments(train_file="(in memory)", max_seq_length=max_seq_length)
+    data_args = DataArguments(
+        train_file="(in memory)",
+        max_seq_length=options["max_seq_length"],
+        text_column_delimiter=options["text_column_delimiter"],
+    )
     with tempfile.TemporaryDirectory() as scratch:  # Trainer wants an output_dir; nothing is saved there
         args = TrainingArguments(
             scratch,
@@ -398,18 +562,18 @@ def predict(
             disable_tqdm=True,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
-        trainer = prediction_trainer(loaded, args)
+        trainer = prediction_trainer(loaded, args, data_args.max_seq_length, long)
         columns, _ = predict_columns(
-            trainer, dataset, text_columns, data_args, loaded.spec, all_probabilities, multi_label_threshold
+            trainer, dataset, text_columns, data_args, loaded.spec, all_probabilities, multi_label_threshold, long
         )
     if isinstance(data, Dataset):
         return with_predictions(data, columns)
     return _as_dicts(columns, loaded.spec)
 
 
-def _as_dataset(data, requested: list[str] | None) -> tuple[Dataset, list[str]]:
+def _as_dataset(data, requested: list[str] | None, saved: list[str] | None) -> tuple[Dataset, list[str]]:
     if isinstance(data, Dataset):
-        return data, check_prediction_data(data, requested, "The dataset")
+        return data, check_prediction_data(data, requested, "The dataset", saved)
     if isinstance(data, str):
         raise TransferKitError("predict takes a list of texts (or of text pairs), not one string: wrap it in [ ].")
     texts = list(data)

@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
@@ -145,6 +146,117 @@ def next_command(argv: list[str]) -> list[str]:
     return kept + (["--preprocess_only", "false"] if "--config" in " ".join(kept) else [])
 
 
+# -- long texts: truncated, head and tail, or windows --------------------------------------------------------------
+TRUNCATE, HEAD_TAIL, WINDOWS = "truncate", "head_tail", "windows"
+LONG_TEXT_MODES = (TRUNCATE, HEAD_TAIL, WINDOWS)
+WINDOW_AGGREGATIONS = ("mean", "max")
+# Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?" (arXiv:1905.05583), section 5.3.1: of 510
+# tokens, the first 128 and the last 382 ("head+tail") classified IMDb and Sogou best, better than the head alone.
+HEAD_SHARE = 128 / 510
+
+
+@dataclass(frozen=True)
+class LongText:
+    """How a text longer than max_seq_length is read.
+
+    - truncate: its first tokens (transformers' truncation);
+    - head_tail: its first `head_tokens` and its last tokens, as many as fit (Sun et al. 2019); default head: a
+      quarter of the room, their 128 of 510;
+    - windows: at evaluation and prediction, overlapping windows of max_seq_length tokens (special tokens
+      included), `window_stride` tokens between window starts (default: half the room), the last window ending at
+      the text's end; the model reads every window and the document's logits are their `window_aggregation` (mean
+      or max). Training reads head_tail: one example per document, as windows sharing a label would weight long
+      documents by their length and cost that many times the compute.
+    """
+
+    mode: str = TRUNCATE
+    head_tokens: int | None = None
+    window_stride: int | None = None
+    window_aggregation: str = "mean"
+
+    def check(self, tokenizer: PreTrainedTokenizerBase, columns: int, delimiter: str | None, max_length: int) -> None:
+        """Errors a user can cause, before any tokenizing: an unknown mode, a text pair, sizes that do not fit."""
+        if self.mode not in LONG_TEXT_MODES:
+            raise TransferKitError(f"long_text must be one of {', '.join(LONG_TEXT_MODES)}, got {self.mode!r}.")
+        if self.window_aggregation not in WINDOW_AGGREGATIONS:
+            raise TransferKitError(
+                f"window_aggregation must be one of {', '.join(WINDOW_AGGREGATIONS)}, got {self.window_aggregation!r}."
+            )
+        if self.mode == TRUNCATE:
+            return
+        if columns > 1 and delimiter is None:
+            raise TransferKitError(
+                f"long_text: {self.mode} reads one text, and this data is a text pair: use long_text: truncate, or "
+                "join the columns into one text with text_column_delimiter."
+            )
+        room = self.room(tokenizer, max_length)
+        for name, value in (("head_tokens", self.head_tokens), ("window_stride", self.window_stride)):
+            if value is not None and value > room:
+                raise TransferKitError(
+                    f"{name} {value} is more than the {room} text tokens a max_seq_length of {max_length} holds "
+                    f"(special tokens take {max_length - room}). Set {name} to {room} or less."
+                )
+
+    @staticmethod
+    def room(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
+        """The text tokens one input holds: max_seq_length less the special tokens ([CLS] and [SEP] for BERT)."""
+        return max_length - tokenizer.num_special_tokens_to_add(pair=False)
+
+    def head(self, room: int) -> int:
+        return self.head_tokens if self.head_tokens is not None else round(room * HEAD_SHARE)
+
+    def stride(self, room: int) -> int:
+        return self.window_stride if self.window_stride is not None else max(1, room // 2)
+
+    def tokenizing(self, max_length: int, tokenizer: PreTrainedTokenizerBase, training: bool) -> dict:
+        """`_tokenize_batch`'s long-text arguments for one split (nothing for truncate, so its cache key is the
+        one it always had): the training split of a windows run reads head_tail."""
+        mode = HEAD_TAIL if self.mode == WINDOWS and training else self.mode
+        if mode == TRUNCATE:
+            return {}
+        return {"long_text": mode, "head_tokens": self.head(self.room(tokenizer, max_length))}
+
+
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one text ([CLS] and [SEP] for BERT, <s> and </s> for
+    RoBERTa), read off an encoded word: transformers 5's tokenizers no longer have build_inputs_with_special_tokens."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise TransferKitError(
+        f"{type(tokenizer).__name__} does not keep a text's tokens whole between its special tokens: "
+        "long_text: head_tail and windows need that; use long_text: truncate."
+    )
+
+
+def head_and_tail(ids: list[int], head: int, tail: int) -> list[int]:
+    """The first `head` and the last `tail` of `ids`; all of them when they fit."""
+    if len(ids) <= head + tail:
+        return ids
+    return ids[:head] + (ids[len(ids) - tail :] if tail else [])
+
+
+def document_windows(ids: list[int], prefix: int, suffix: int, room: int, stride: int) -> list[list[int]]:
+    """The windows of an encoded text (`prefix` special tokens, the text, `suffix` special tokens): `room` text
+    tokens each, starting every `stride` tokens, until one reaches the text's end, each with the special tokens
+    around it. A text of n > room tokens gives 1 + ceil((n - room) / stride) windows; a shorter one, itself."""
+    head, text, tail = ids[:prefix], ids[prefix : len(ids) - suffix], ids[len(ids) - suffix :]
+    starts = range(0, max(len(text) - room, 0) + stride, stride)
+    return [head + text[start : start + room] + tail for start in starts]
+
+
+def encoded_single_texts(tokenizer: PreTrainedTokenizerBase, input_ids: list[list[int]]) -> dict[str, list]:
+    """The tokenizer's model inputs for single texts already encoded with their special tokens."""
+    encoded: dict[str, list] = {"input_ids": input_ids}
+    if "attention_mask" in tokenizer.model_input_names:
+        encoded["attention_mask"] = [[1] * len(ids) for ids in input_ids]
+    if "token_type_ids" in tokenizer.model_input_names:
+        encoded["token_type_ids"] = [[0] * len(ids) for ids in input_ids]
+    return encoded
+
+
 def tokenize_for_classification(
     splits: DatasetDict,
     tokenizer: PreTrainedTokenizerBase,
@@ -152,33 +264,36 @@ def tokenize_for_classification(
     max_seq_length: int,
     data_args: DataArguments,
     training_args: TrainingArguments,
+    long_text: LongText | None = None,
 ) -> DatasetDict:
     """Add input_ids (and attention_mask, token_type_ids) to every split, unpadded: batches are padded per batch.
 
     The text columns stay in the dataset (Trainer drops them before collation) so predictions can be written next
-    to the text they were made for.
+    to the text they were made for. `long_text` says how a text longer than max_seq_length is read: truncated, its
+    head and tail, or (every split but train) whole, for `WindowCollator` to cut into windows (see `LongText`).
     """
-    fn_kwargs = {
-        "tokenizer": tokenizer,
-        "text_columns": text_columns,
-        "max_seq_length": max_seq_length,
-        "delimiter": data_args.text_column_delimiter,
-    }
+    long_text = long_text or LongText()
+    long_text.check(tokenizer, len(text_columns), data_args.text_column_delimiter, max_seq_length)
     with main_process_first(training_args, desc="tokenizing"):
-        return DatasetDict(
-            {
-                name: split.map(
-                    _tokenize_batch,
-                    batched=True,
-                    num_proc=map_workers(data_args.preprocessing_num_workers, len(split)),
-                    load_from_cache_file=not data_args.overwrite_cache,
-                    fn_kwargs=fn_kwargs,
-                    new_fingerprint=map_fingerprint(split, _tokenize_batch, fn_kwargs),
-                    desc="Tokenizing",
-                )
-                for name, split in splits.items()
+        tokenized = {}
+        for name, split in splits.items():
+            fn_kwargs = {
+                "tokenizer": tokenizer,
+                "text_columns": text_columns,
+                "max_seq_length": max_seq_length,
+                "delimiter": data_args.text_column_delimiter,
+                **long_text.tokenizing(max_seq_length, tokenizer, training=name == "train"),
             }
-        )
+            tokenized[name] = split.map(
+                _tokenize_batch,
+                batched=True,
+                num_proc=map_workers(data_args.preprocessing_num_workers, len(split)),
+                load_from_cache_file=not data_args.overwrite_cache,
+                fn_kwargs=fn_kwargs,
+                new_fingerprint=map_fingerprint(split, _tokenize_batch, fn_kwargs),
+                desc="Tokenizing",
+            )
+        return DatasetDict(tokenized)
 
 
 def _tokenize_batch(
@@ -187,15 +302,25 @@ def _tokenize_batch(
     text_columns: list[str],
     max_seq_length: int,
     delimiter: str | None = None,
+    long_text: str = TRUNCATE,
+    head_tokens: int = 0,
 ):
     """Tokenize one batch: a missing side of a text pair (None, as datasets reads an empty csv cell) is the empty
     text, so `[CLS] [SEP] review [SEP]`, never the word 'None' (data.drop_empty_texts keeps such rows). With a
     `delimiter` (text_column_delimiter), the columns' non-empty texts are joined into one, as run_classification.py
-    joins them."""
+    joins them. `long_text` head_tail keeps the first `head_tokens` and the last tokens that fit; windows keeps
+    every token (the collator cuts the windows)."""
     texts = [["" if text is None else str(text) for text in batch[column]] for column in text_columns]
     if delimiter is not None:
         texts = [[delimiter.join(part for part in row if part.strip()) for row in zip(*texts)]]
-    return tokenizer(*texts, truncation=True, max_length=max_seq_length)
+    if long_text == TRUNCATE:
+        return tokenizer(*texts, truncation=True, max_length=max_seq_length)
+    prefix, suffix = special_tokens_around(tokenizer)
+    whole = tokenizer(texts[0], add_special_tokens=False, verbose=False)["input_ids"]
+    if long_text == HEAD_TAIL:
+        room = max_seq_length - len(prefix) - len(suffix)
+        whole = [head_and_tail(ids, head_tokens, room - head_tokens) for ids in whole]
+    return encoded_single_texts(tokenizer, [prefix + ids + suffix for ids in whole])
 
 
 def map_fingerprint(dataset: Dataset, function: Callable, fn_kwargs: dict) -> str:
