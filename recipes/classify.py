@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
-    training_args, start, push = start_run(training_args, run_args, recipe="classify", lora_args=lora_args)
+    training_args, start, push = start_run(
+        training_args, run_args, recipe="classify", lora_args=lora_args, preprocess_only=data_args.preprocess_only
+    )
 
     # the main process checks, cleans and caches the data; the others then read its cache (and raise its errors)
     with main_process_first(training_args, desc="loading, checking and cleaning the data"):
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         splits, tokenizer, text_columns, max_seq_length, data_args, training_args, long_text
     )
     if data_args.preprocess_only:  # the data is in the datasets cache: the training launch comes next
-        report_preprocessed(tokenized, "classify")
+        report_preprocessed(tokenized, "classify", argv)
         return {}
     pad_to = max_seq_length if data_args.pad_to_max_length else None  # fixed shapes, for TPUs and compiled graphs
     training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)

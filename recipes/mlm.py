@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise TransferKitError("preprocess_only has nothing to cache with streaming: true (a stream is never cached).")
     if mlm_args.streaming and training_args.max_steps <= 0:
         raise TransferKitError("streaming: true has no length to count epochs in (the stream repeats): set max_steps.")
-    training_args, start, push = start_run(training_args, run_args, recipe="mlm", lora_args=lora_args)
+    training_args, start, push = start_run(
+        training_args, run_args, recipe="mlm", lora_args=lora_args, preprocess_only=data_args.preprocess_only
+    )
 
     # the main process checks, cleans and caches the corpus; the others then read its cache (and raise its errors)
     with main_process_first(training_args, desc="loading, checking and cleaning the corpus"):
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_for_mlm(splits, tokenizer, text_columns, max_seq_length, data_args, mlm_args, training_args)
     if data_args.preprocess_only:  # the data is in the datasets cache: the training launch comes next
-        report_preprocessed(tokenized, "mlm")
+        report_preprocessed(tokenized, "mlm", argv)
         return {}
     sparse_head = mlm_args.sparse_head and not clm
     if sparse_head:

@@ -89,6 +89,23 @@ def test_preprocess_only_caches_and_the_training_run_tokenizes_nothing(recipe, t
     assert {path: stamp for path, stamp in arrow_files(cache).items() if path in cached} == cached  # none rewritten
 
 
+def test_preprocess_only_needs_no_hub_and_names_the_recipes_own_arguments(
+    tiny_bert, reviews_csv, tmp_path, monkeypatch
+):
+    """One process filling the cache before a launch: no Hub access check (no token here), and the next command it
+    suggests is built from the arguments the recipe got, not from sys.argv (pytest's here)."""
+    from recipes.classify import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored token either
+    messages: list[str] = []
+    monkeypatch.setattr(preprocess.logger, "info", lambda message, *args: messages.append(message % args))
+    push = ["--push_to_hub", "true", "--hub_model_id", "someone/model", "--preprocess_only", "true"]
+    assert main(recipe_args(tiny_bert, reviews_csv, tmp_path / "out", tmp_path / "cache", *push)) == {}
+    (report,) = [message for message in messages if message.startswith("preprocess_only")]
+    assert tiny_bert in report and "--hub_model_id someone/model" in report and "--preprocess_only true" not in report
+
+
 def test_preprocess_only_refuses_a_stream(tiny_bert, reviews_csv, tmp_path):
     from recipes.mlm import main
 

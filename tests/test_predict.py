@@ -220,6 +220,22 @@ def test_bad_input_is_one_clear_error_before_predicting_and_leaves_no_file(
     assert not [name for name in os.listdir(tmp_path) if "labelled." in name]  # no temporary file either
 
 
+def test_the_output_never_replaces_or_joins_its_input(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict_module, "predict_rows_with_text", _no_prediction)
+    data = tmp_path / "new.csv"
+    shutil.copy(runs["data"], data)
+    before = data.read_bytes()
+    with pytest.raises(TransferKitError, match="is one of the input files"):
+        predict_recipe(["--model_name_or_path", runs["full"], "--test_file", str(data), "--output_file", str(data)])
+    assert data.read_bytes() == before
+    inside = tmp_path / "labelled.csv"
+    with pytest.raises(TransferKitError, match="inside the input folder"):
+        predict_recipe(
+            ["--model_name_or_path", runs["full"], "--test_file", str(tmp_path), "--output_file", str(inside)]
+        )
+    assert not inside.exists()
+
+
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def half_written(self, path, **kwargs):
         with open(path, "w", encoding="utf-8") as handle:

@@ -378,7 +378,9 @@ def load_prediction_data(
     """The rows to label, with all their columns, and the text columns (`choose_text_columns`); through
     transferkit.data's loaders and checks (file formats, UTF-8, malformed rows, Hub ids)."""
     if args.test_file is not None:
-        if all(_holds_no_rows(path) for path in resolve_data_files(args.test_file, "test_file", tuple(FORMATS))):
+        files = resolve_data_files(args.test_file, "test_file", tuple(FORMATS))
+        check_output_is_not_input(args.output_file, args.test_file, files)
+        if all(_holds_no_rows(path) for path in files):
             raise TransferKitError(f"test_file: {args.test_file} holds no rows: nothing to predict. Check the file.")
         dataset = load_local_split(args.test_file, "test_file", tuple(FORMATS), model_args.cache_dir, False)
         where = args.test_file
@@ -387,6 +389,21 @@ def load_prediction_data(
         split = pick_split(splits, args.dataset_split, args.dataset_name)
         dataset, where = splits[split], f"the {split} split of {args.dataset_name}"
     return dataset, check_prediction_data(dataset, args.text_column_names, where, saved_columns)
+
+
+def check_output_is_not_input(output_file: str | None, test_file: str, files: list[str]) -> None:
+    """The output never replaces an input file, nor lands in an input folder (the next run would read it as data)."""
+    if output_file is None:
+        return
+    output = os.path.realpath(output_file)
+    inputs = {os.path.realpath(path) for path in files}
+    folder = os.path.realpath(test_file) if os.path.isdir(test_file) else None
+    if output in inputs or (folder and os.path.commonpath([output, folder]) == folder):
+        where = "one of the input files" if output in inputs else "inside the input folder"
+        raise TransferKitError(
+            f"output_file {output_file} is {where} ({test_file}): name a file elsewhere; predict never writes over or "
+            "beside its input."
+        )
 
 
 def _holds_no_rows(path: str) -> bool:

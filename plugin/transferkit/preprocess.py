@@ -114,11 +114,12 @@ def timeout_message(training_args: TrainingArguments, desc: str, err: BaseExcept
     )
 
 
-def report_preprocessed(splits: DatasetDict, recipe: str) -> None:
-    """After preprocess_only: say where the cache is and how to launch the training that reads it."""
+def report_preprocessed(splits: DatasetDict, recipe: str, argv: list[str] | None = None) -> None:
+    """After preprocess_only: say where the cache is and how to launch the training that reads it (`argv`: the
+    recipe's own arguments, sys.argv's by default)."""
     folders = sorted({os.path.dirname(entry["filename"]) for split in splits.values() for entry in split.cache_files})
     sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    argv = next_command(sys.argv[1:])
+    argv = next_command(sys.argv[1:] if argv is None else list(argv))
     logger.info(
         "preprocess_only: the data is checked and tokenized (%s examples) into the datasets cache at %s. Launch the "
         "training next, with the same data, model and preprocessing options and the same HF_DATASETS_CACHE (or "

@@ -150,7 +150,7 @@ def evaluate_and_save(trainer: Trainer) -> dict[str, float]:
 
 
 def start_run(
-    training_args: TrainingArguments, run_args: RunArguments, recipe: str, lora_args=None
+    training_args: TrainingArguments, run_args: RunArguments, recipe: str, lora_args=None, preprocess_only: bool = False
 ) -> tuple[TrainingArguments, StartPoint, PushTarget | None]:
     """What every recipe checks before loading data or a model; returns (the training arguments to use, where
     training starts, push target).
@@ -158,9 +158,12 @@ def start_run(
     Logging, the distributed backend actually asked for, a writable output_dir with room, the start point (or a
     refusal to touch an earlier run; a finished run with resume_from_checkpoint: auto exits 0 here), and Hub write
     access when pushing: TransferKit pushes itself, so the arguments it returns have Trainer's push off and no token
-    (Trainer pickles them into training_args.bin).
+    (Trainer pickles them into training_args.bin). `preprocess_only` (one process filling the datasets cache before
+    the launch) needs logging alone: no backend, output_dir, start point or Hub is involved.
     """
     setup_logging(training_args)
+    if preprocess_only:
+        return training_args, StartPoint(), None
     check_requested_backend(training_args, recipe=recipe)
     check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     start = resolve_start(training_args, run_args.overwrite_output_dir)
