@@ -23,10 +23,10 @@ NOTHING = ["--model_name_or_path", "no/such-model", "--train_file", "no_such_fil
 
 @pytest.fixture(autouse=True)
 def cpu_machine(monkeypatch):
-    """A CPU-only machine with AVX-512 BF16, outside any accelerate launch; tests change what they need."""
+    """A CPU-only machine with AMX, outside any accelerate launch; tests change what they need."""
     monkeypatch.delenv(precision.LAUNCHER_ENV, raising=False)
     monkeypatch.setattr(precision, "_accelerator", lambda: None)
-    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["amx_bf16", "avx512_bf16"])
 
 
 def training_args(*argv: str, yaml_text: str | None = None, tmp_path=None) -> TrainingArguments:
@@ -43,7 +43,7 @@ def test_auto_on_a_bf16_cpu_trains_in_bf16_on_the_cpu_and_says_why(caplog):
         args = training_args("--precision", "auto")
     assert args.bf16 and args.use_cpu and not args.fp16 and args.mixed_precision == "bf16"
     lines = [record.getMessage() for record in caplog.records if record.name == "transferkit.precision"]
-    assert lines == ["Precision: bf16 mixed precision (auto: this CPU has avx512_bf16)."]
+    assert lines == ["Precision: bf16 mixed precision (auto: this CPU has amx_bf16)."]
 
 
 def test_auto_without_bf16_hardware_stays_fp32(monkeypatch, caplog):
@@ -51,7 +51,16 @@ def test_auto_without_bf16_hardware_stays_fp32(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="transferkit.precision"):
         args = training_args("--precision", "auto")
     assert not args.bf16 and not args.use_cpu and args.mixed_precision == "no"
-    assert "Precision: fp32 (auto: this CPU has neither amx_bf16 nor avx512_bf16" in caplog.text
+    assert "Precision: fp32 (auto: this CPU has no bf16 instructions" in caplog.text
+
+
+def test_auto_on_avx512_bf16_without_amx_stays_fp32(monkeypatch, caplog):
+    """Measured here: bf16 autocast on AVX-512 BF16 without AMX trained a classification epoch 1.6x slower."""
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    with caplog.at_level(logging.INFO, logger="transferkit.precision"):
+        args = training_args("--precision", "auto")
+    assert not args.bf16 and not args.use_cpu
+    assert "Precision: fp32 (auto: this CPU has avx512_bf16 but no AMX, where bf16 trains slower)" in caplog.text
 
 
 def test_unset_precision_changes_nothing_even_where_bf16_is_fast():
@@ -112,7 +121,7 @@ def test_help_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         parse_config(classify.ARGUMENT_TYPES, ["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--precision {auto,bf16,fp16,fp32}" in help_text and "AVX-512 BF16" in help_text
+    assert "--precision {auto,bf16,fp16,fp32}" in help_text and "AMX" in help_text
 
 
 @pytest.mark.parametrize("launcher", ["bf16", "no"])

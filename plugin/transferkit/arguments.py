@@ -302,9 +302,10 @@ class RunArguments:
         default=None,
         **with_help(
             "Training arithmetic: auto, bf16, fp16 or fp32. auto: bf16 mixed precision where the hardware runs it "
-            "fast (a CUDA GPU with native bf16, compute capability 8.0+; a CPU with AMX or AVX-512 BF16), fp32 "
-            "elsewhere; it keeps an accelerate config's mixed_precision and a bf16 / fp16 flag you set. bf16 on a "
-            "CPU also sets use_cpu. Unset: bf16 / fp16 and the accelerate config decide, fp32 otherwise.",
+            "fast (a CUDA GPU with native bf16, compute capability 8.0+; a CPU with AMX: AVX-512 BF16 alone trains "
+            "slower), fp32 elsewhere; it keeps an accelerate config's mixed_precision and a bf16 / fp16 flag you "
+            "set. bf16 on a CPU also sets use_cpu. Unset: bf16 / fp16 and the accelerate config decide, fp32 "
+            "otherwise.",
             choices=list(PRECISIONS),
         ),
     )

@@ -2,8 +2,10 @@
 
 `auto` picks bf16 mixed precision where the hardware has fast bf16 arithmetic and fp32 elsewhere: a CUDA device
 that runs bf16 natively (`torch.cuda.is_bf16_supported(including_emulation=False)`: compute capability 8.0+ or
-ROCm; emulated bf16 is slower than fp32), or a CPU with AVX-512 BF16 or AMX-BF16 instructions, which oneDNN uses
-for bf16 matmuls. auto never picks fp16: it needs loss scaling and overflows where bf16 does not.
+ROCm; emulated bf16 is slower than fp32), or a CPU with AMX-BF16 tiles, which oneDNN uses for bf16 matmuls (1.60x
+faster than fp32 on a classification epoch). AVX-512 BF16 alone is not enough: there bf16 autocast trained 1.6x
+SLOWER than fp32 (0.62x, MiniLM classification, side by side; tests/benchmarks/README.md), the casts costing more
+than its dot products save. auto never picks fp16: it needs loss scaling and overflows where bf16 does not.
 
 The other sources of a precision, and how they combine (`transferkit.implied` settles conflicts between user-set
 keys):
@@ -83,9 +85,11 @@ def hardware_choice(use_cpu: bool) -> Choice:
     if device is not None:
         return Choice("fp32", f"auto: picks bf16 only on CUDA devices and CPUs with bf16 instructions, not {device}")
     found = cpu_bf16_instructions()
+    if "amx_bf16" in found:
+        return Choice("bf16", "auto: this CPU has amx_bf16")
     if found:
-        return Choice("bf16", f"auto: this CPU has {' and '.join(found)}")
-    return Choice("fp32", f"auto: this CPU has neither {' nor '.join(CPU_BF16_FLAGS)}, where bf16 would be slower")
+        return Choice("fp32", f"auto: this CPU has {' and '.join(found)} but no AMX, where bf16 trains slower")
+    return Choice("fp32", "auto: this CPU has no bf16 instructions, where bf16 would be slower")
 
 
 def auto_choice(values: dict[str, Any], where: dict[str, str]) -> Choice:
