@@ -49,7 +49,7 @@ from transferkit.models import (
     resolve_max_seq_length,
 )
 from transferkit.predict import save_text_settings
-from transferkit.preprocess import main_process_first, report_preprocessed, tokenize_for_classification
+from transferkit.preprocess import LongText, main_process_first, report_preprocessed, tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reports import predict_and_report
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if lora_args.use_peft:
         model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
-    long_text = cls_args.long_text_settings()  # truncate, head_tail or windows (transferkit.preprocess.LongText)
+    long_text = LongText.of(cls_args)  # truncate, head_tail or windows (transferkit.preprocess.LongText)
     tokenized = tokenize_for_classification(
         splits, tokenizer, text_columns, max_seq_length, data_args, training_args, long_text
     )

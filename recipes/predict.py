@@ -48,7 +48,7 @@ from transferkit.predict import (
     prediction_trainer,
     saved_text_settings,
 )
-from transferkit.preprocess import main_process_first
+from transferkit.preprocess import LongText, main_process_first
 from transferkit.reports import with_predictions, write_table
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.train import runtime_defaults, setup_logging, with_arguments
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dataset, text_columns = load_prediction_data(args, model_args, saved.text_column_names)
         cleaned = apply_text_cleaning(DatasetDict({"predict": dataset}), text_columns, text_args)["predict"]
     loaded = load_prediction_model(model_args, adapter)
-    long_text = args.long_text_settings()  # truncate, head_tail or windows (transferkit.preprocess.LongText)
+    long_text = LongText.of(args)  # truncate, head_tail or windows (transferkit.preprocess.LongText)
     trainer = prediction_trainer(loaded, training_args, args.max_seq_length, long_text)  # length-sorted, in order
     columns, metrics = predict_columns(
         trainer,

@@ -256,12 +256,6 @@ class ClassificationArguments:
         ),
     )
 
-    def long_text_settings(self):
-        """The long-text options as transferkit.preprocess.LongText (tokenizing and the window collator take it)."""
-        from transferkit.preprocess import LongText
-
-        return LongText(self.long_text, self.head_tokens, self.window_stride, self.window_aggregation)
-
     def __post_init__(self) -> None:
         check_own_ranges(self)
         if self.long_text not in ("truncate", "head_tail", "windows"):

@@ -164,11 +164,6 @@ class PredictArguments:
         unset = {name: getattr(saved, name) for name in SAVED_OPTIONS if getattr(self, name) is None}
         return dataclasses.replace(self, **{name: value for name, value in unset.items() if value is not None})
 
-    def long_text_settings(self) -> LongText:
-        return LongText(
-            self.long_text or "truncate", self.head_tokens, self.window_stride, self.window_aggregation or "mean"
-        )
-
     def data_arguments(self) -> DataArguments:
         """The options of transferkit.data's loading and tokenizing, which take DataArguments."""
         return DataArguments(

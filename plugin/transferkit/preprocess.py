@@ -24,6 +24,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
@@ -174,6 +175,15 @@ class LongText:
     head_tokens: int | None = None
     window_stride: int | None = None
     window_aggregation: str = "mean"
+
+    @classmethod
+    def of(cls, options: Any) -> LongText:
+        """From a recipe's options (ClassificationArguments, PredictArguments): long_text, head_tokens,
+        window_stride, window_aggregation; unset ones take the defaults."""
+        return cls(
+            options.long_text or TRUNCATE, options.head_tokens, options.window_stride,
+            options.window_aggregation or "mean",
+        )  # fmt: skip
 
     def check(self, tokenizer: PreTrainedTokenizerBase, columns: int, delimiter: str | None, max_length: int) -> None:
         """Errors a user can cause, before any tokenizing: an unknown mode, a text pair, sizes that do not fit."""
