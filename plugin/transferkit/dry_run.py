@@ -25,6 +25,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from transferkit import memory
 from transferkit.precision import args_precision
+from transferkit.reliability import nearest_folder_above
 from transferkit.sparse_mlm import is_sparse_forward
 
 logger = logging.getLogger(__name__)
@@ -420,9 +421,7 @@ def _checkpoint_bytes(trainer: Trainer, optimizer: torch.optim.Optimizer) -> int
 def _scratch_folder_parent(output_dir: str) -> str:
     """Where to time a save: the nearest existing folder above output_dir (the checkpoints' disk, not inside
     output_dir); the system's temporary folder when that is not writable."""
-    folder = os.path.dirname(os.path.abspath(output_dir))
-    while not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
+    folder = nearest_folder_above(output_dir)
     return folder if os.access(folder, os.W_OK) else tempfile.gettempdir()
 
 

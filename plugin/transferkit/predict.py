@@ -53,6 +53,7 @@ from transferkit.models import (
 )
 from transferkit.preprocess import LONG_TEXT_MODES, WINDOW_AGGREGATIONS, LongText, tokenize_for_classification
 from transferkit.ranges import COUNT, at_least, between, check_own_ranges
+from transferkit.reliability import nearest_folder_above
 from transferkit.reports import (
     OUTPUT_FORMATS,
     RESULT_COLUMNS,
@@ -248,10 +249,7 @@ def check_output_file(path: str) -> None:
         )
     if os.path.isdir(path):
         raise TransferKitError(f"output_file: {path} is a folder; name a file.")
-    folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_folder_above(path)
     if not os.access(existing, os.W_OK):
         raise TransferKitError(f"output_file: cannot write into {existing}. Choose another path.")
 

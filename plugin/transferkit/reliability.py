@@ -102,6 +102,14 @@ def exit_if_preempted(trainer: Trainer) -> None:
     raise TrainingPreempted(0)
 
 
+def nearest_folder_above(path: str) -> str:
+    """The nearest existing folder that holds `path` (or would, once the folders between are made)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    return folder
+
+
 def check_output_dir_writable(output_dir: str, min_free_gb: float = 1.0) -> None:
     """Fail early, naming the path and the fix, if output_dir can't be created or written or its disk is full."""
     existing = os.path.abspath(output_dir)
