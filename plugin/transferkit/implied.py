@@ -24,9 +24,9 @@ COMMAND_LINE = "command line"
 STEP_INTERVALS = {"save_steps": "save_strategy", "eval_steps": "eval_strategy", "logging_steps": "logging_strategy"}
 PHASES = ("do_train", "do_eval", "do_predict")
 NO_EVALUATE_ONLY = (
-    "do_train is off: the recipes always train; there is no evaluate- or predict-only mode. To predict with a "
-    "trained model, load its output_dir with transformers' pipeline('text-classification', model=...); to train, "
-    "set do_train (or none of do_train, do_eval, do_predict)."
+    "do_train is off: the recipes always train; there is no evaluate- or predict-only mode. To label data with a "
+    "trained classifier: transferkit predict MODEL DATA --output FILE (recipes/predict.py); to train, set do_train "
+    "(or none of do_train, do_eval, do_predict)."
 )
 
 
