@@ -94,3 +94,20 @@ def test_a_plateau_scheduler_is_not_fast_forwarded(tmp_path):
     state.global_step = 8
     ScheduleFastForward().on_train_begin(None, state, None, lr_scheduler=plateau)  # would raise: step() needs metrics
     assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_a_checkpoint_at_max_steps_is_not_trained_one_step_further(tiny_bert, reviews_csv, tmp_path):
+    """Killed after the last save but before the run finished: resuming the checkpoint at max_steps (step 12, in the
+    middle of the second epoch) must not train. Trainer's loop would: it skips the epoch's 3 done batches, takes a
+    step, and only then checks max_steps (transformers 5.x)."""
+    out = tmp_path / "run"
+    main(run_args(tiny_bert, reviews_csv, out))
+    final = (out / "checkpoint-12" / "model.safetensors").read_bytes()
+    for path in out.iterdir():  # as a kill right after checkpoint-12 was written leaves it
+        if path.name != "checkpoint-12":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    main(run_args(tiny_bert, reviews_csv, out, "--resume_from_checkpoint", "auto"))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 12
+    assert not (out / "checkpoint-13").exists()
+    assert (out / "model.safetensors").read_bytes() == final
+    assert (out / FINISHED_MARKER).is_file()

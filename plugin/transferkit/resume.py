@@ -157,6 +157,31 @@ def clear_earlier_run(trainer: Trainer) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
+def training_done_at(checkpoint: str | None, args: TrainingArguments) -> bool:
+    """Whether `checkpoint` already holds every step of `max_steps`: a kill after its last save. Trainer resuming it
+    would skip the epoch's done batches, take one more optimizer step and only then check max_steps (transformers
+    5.x `_run_epoch`), so such a checkpoint is loaded instead of trained (`load_finished_checkpoint`)."""
+    if checkpoint is None or args.max_steps <= 0:
+        return False
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        return json.load(handle).get("global_step", 0) >= args.max_steps
+
+
+def load_finished_checkpoint(trainer: Trainer, checkpoint: str) -> bool:
+    """Load a checkpoint whose training is complete (weights and state) without training; False under DeepSpeed and
+    FSDP, whose engine or wrapped model only exists inside `Trainer.train` (it then resumes there, one step too many,
+    with a warning)."""
+    from transformers import TrainerState
+
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        logger.warning("%s is at max_steps; under DeepSpeed or FSDP resuming it trains one more step.", checkpoint)
+        return False
+    logger.info("%s holds all max_steps=%d steps: loading it, not training again.", checkpoint, trainer.args.max_steps)
+    trainer._load_from_checkpoint(checkpoint)  # weights (full, adapter or FSDP shards) as Trainer.train loads them
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    return True
+
+
 class ScheduleFastForward(TrainerCallback):
     """After resuming a model-only checkpoint, Trainer finds no scheduler state and would start the learning-rate
     schedule (warm-up included) again at step 0: step it to the resumed global step instead."""

@@ -21,7 +21,14 @@ from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError, as_user_error
 from transferkit.publish import PushTarget, checkpoint_push_callbacks, prepare_push
 from transferkit.reliability import check_output_dir_writable, exit_if_preempted, install_preemption_handler
-from transferkit.resume import ScheduleFastForward, StartPoint, clear_earlier_run, resolve_start
+from transferkit.resume import (
+    ScheduleFastForward,
+    StartPoint,
+    clear_earlier_run,
+    load_finished_checkpoint,
+    resolve_start,
+    training_done_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +46,12 @@ def train_and_save(
         clear_earlier_run(trainer)
     if start.model_only:
         trainer.add_callback(ScheduleFastForward())
-    result = trainer.train(resume_from_checkpoint=start.checkpoint)
+    if training_done_at(start.checkpoint, trainer.args) and load_finished_checkpoint(trainer, start.checkpoint):
+        metrics = {}  # killed after its last save: nothing left to train, the checkpoint is the model
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=start.checkpoint).metrics)
     exit_if_preempted(trainer)  # after SIGTERM: log where to resume from, exit 0
     trainer.save_model()
-    metrics = dict(result.metrics)
     if hasattr(trainer.train_dataset, "__len__"):  # a streamed dataset has no length
         metrics["train_samples"] = len(trainer.train_dataset)
     trainer.log_metrics("train", metrics)
