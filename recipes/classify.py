@@ -52,6 +52,9 @@ from transferkit.predict import save_text_settings
 from transferkit.preprocess import LongText, main_process_first, report_preprocessed, tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reports import predict_and_report
+from transferkit.search import ClassifierInit, search_then_retrain, without_seed_loop
+from transferkit.search_space import SearchArguments
+from transferkit.seeds import data_split_seed, run_seeds
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback
 from transferkit.train import (
@@ -91,22 +94,28 @@ ARGUMENT_TYPES = (
     ClassificationArguments,
     LoraArguments,
     RunArguments,
+    SearchArguments,
     TrainingArguments,
 )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, text_args, cls_args, lora_args, run_args, training_args = parse_config(
+    model_args, data_args, text_args, cls_args, lora_args, run_args, search_args, training_args = parse_config(
         ARGUMENT_TYPES, argv, defaults={**DEFAULTS, **runtime_defaults()}, description=__doc__
     )
+    if search_args.plan:  # one search with `seed`; best.yaml keeps seeds / num_seeds for its retrain
+        cls_args = without_seed_loop(cls_args)
+    if cls_args.seeds or cls_args.num_seeds:  # one run per seed in output_dir/seed-<n>, then their aggregate
+        return run_seeds(main, argv, training_args, cls_args, data_args, run_args, lora_args)
     training_args, start, push = start_run(
         training_args, run_args, recipe="classify", lora_args=lora_args, preprocess_only=data_args.preprocess_only
     )
 
     # the main process checks, cleans and caches the data; the others then read its cache (and raise its errors)
+    split_seed = data_split_seed(data_args, training_args)  # split_seed, else seed: the seeds share one split
     with main_process_first(training_args, desc="loading, checking and cleaning the data"):
         splits, text_columns, spec = load_classification_splits(
-            data_args, model_args, cls_args.problem_type, training_args.seed, skip=splits_off(training_args)
+            data_args, model_args, cls_args.problem_type, split_seed, skip=splits_off(training_args)
         )
         splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
@@ -151,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
+    if search_args.plan:  # Optuna trials on validation, best.yaml, then this recipe on it (transferkit.search)
+        model_init = ClassifierInit(model_args, spec, lora_args)  # the classifier as built above, once per trial
+        return search_then_retrain(trainer, search_args.plan, model_init, start, main, argv, ARGUMENT_TYPES)
     metrics = train_and_save(trainer, start, push, run_args.preemption_check_steps)
     if lora_args.use_peft:
         metrics.update(

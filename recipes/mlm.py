@@ -54,6 +54,7 @@ from transferkit.models import (
 )
 from transferkit.preprocess import main_process_first, report_preprocessed
 from transferkit.publish import finish_run
+from transferkit.seeds import data_split_seed
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback
@@ -116,9 +117,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     # the main process checks, cleans and caches the corpus; the others then read its cache (and raise its errors)
+    split_seed = data_split_seed(data_args, training_args)  # the validation split: split_seed, else seed
     with main_process_first(training_args, desc="loading, checking and cleaning the corpus"):
         splits, text_columns = load_corpus_splits(
-            data_args, model_args, mlm_args.streaming, training_args.seed, skip=splits_off(training_args)
+            data_args, model_args, mlm_args.streaming, split_seed, skip=splits_off(training_args)
         )
         splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)

@@ -24,6 +24,25 @@ def comma_separated(names: list[str] | None) -> list[str] | None:
     return names and [name.strip() for item in names for name in item.split(",") if name.strip()]
 
 
+SEED_RANGE = between(0, 2**32 - 1)  # numpy's seed range, as TrainingArguments' seed
+
+
+def parse_seeds(items: list[str] | None) -> list[int] | None:
+    """`seeds` as integers, from a YAML list, `--seeds 1 2 3` or the comma form `1,2,3`."""
+    names = comma_separated([str(item) for item in items or []])
+    if not names:
+        return None
+    try:
+        seeds = [int(name) for name in names]
+    except ValueError:
+        raise TransferKitError(f"seeds takes whole numbers such as 1,2,3, got {names}.") from None
+    if any(seed not in SEED_RANGE for seed in seeds):
+        raise TransferKitError(f"seeds must each be {SEED_RANGE}, got {seeds}.")
+    if len(set(seeds)) < len(seeds):
+        raise TransferKitError(f"seeds lists a seed twice ({seeds}): each seed's run would be the same run.")
+    return seeds
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(**with_help("Hub id or local folder of the pretrained model to start from."))
@@ -147,6 +166,10 @@ class DataArguments:
         ),
     )
     overwrite_cache: bool = field(default=False, **with_help("Tokenize again instead of reusing the datasets cache."))
+    split_seed: int | None = field(
+        default=None,
+        **with_help("Seed of the validation/test split carved from train. Default: seed.", range=SEED_RANGE),
+    )
     preprocess_only: bool = field(
         default=False,
         **with_help(
@@ -255,9 +278,24 @@ class ClassificationArguments:
             choices=["mean", "max"],
         ),
     )
+    seeds: list[str] | None = field(
+        default=None,
+        **with_help(
+            "Run once per seed (e.g. 1,2,3), each in output_dir/seed-<n>, on the same data split (split_seed), and "
+            "write the mean, standard deviation and 95 percent confidence interval of every metric to output_dir "
+            "(all_results.json, summary.md). Exclusive with num_seeds."
+        ),
+    )
+    num_seeds: int | None = field(
+        default=None,
+        **with_help("Run N seeds: seed, seed+1, ..., seed+N-1 (as `seeds` does). Exclusive with seeds.", range=COUNT),
+    )
 
     def __post_init__(self) -> None:
         check_own_ranges(self)
+        self.seeds = parse_seeds(self.seeds)
+        if self.seeds is not None and self.num_seeds is not None:
+            raise TransferKitError(f"seeds ({self.seeds}) and num_seeds ({self.num_seeds}): set one of them.")
         if self.long_text not in ("truncate", "head_tail", "windows"):
             raise TransferKitError(f"long_text must be truncate, head_tail or windows, got {self.long_text!r}.")
         if self.window_aggregation not in ("mean", "max"):

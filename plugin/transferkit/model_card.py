@@ -197,3 +197,21 @@ def write_model_card(output_dir: str | Path, **kwargs: Any) -> Path:
     path = Path(output_dir) / "README.md"
     build_model_card(output_dir, **kwargs).save(path)
     return path
+
+
+def add_card_section(output_dir: str | Path, heading: str, body: str, repo_id: str | None = None) -> Path:
+    """Add a section (before Lineage) to the card written in `output_dir`, named after `repo_id` when given.
+
+    For a card that learns something after its run has finished: a multi-seed run pushes its first seed's model
+    only once every seed has finished, so that card gets the repo's name and the results over seeds then.
+    """
+    path = Path(output_dir) / "README.md"
+    card = ModelCard.load(path)
+    text = card.text
+    old = card.data.model_name or Path(output_dir).name  # as build_model_card named it
+    if repo_id and old != repo_id:  # in the title, model-index and the usage snippet (`"{id}"` in _USAGE)
+        text = text.replace(f"# {old}\n", f"# {repo_id}\n", 1).replace(f'"{old}"', f'"{repo_id}"')
+        card.data.model_name = repo_id
+    card.text = text.replace("\n## Lineage", f"\n## {heading}\n\n{body}\n\n## Lineage", 1)
+    card.save(path)
+    return path
