@@ -99,7 +99,7 @@ def parse_config(
     if defaults:
         _apply_defaults(parser, _coerce_mapping(parser, defaults, source="recipe defaults"))
     where: dict[str, str] = {}  # each option the user set -> where: the YAML file or the command line
-    config_path = _config_path(argv)
+    config_path = config_file(argv)
     if config_path is not None:
         from_file = load_yaml_config(parser, config_path, label=config_label)
         _apply_defaults(parser, from_file)
@@ -158,7 +158,9 @@ def load_yaml_config(parser: HfArgumentParser, path: str, label: str | None = No
     return _coerce_mapping(parser, content, source=label or path)
 
 
-def _config_path(argv: list[str]) -> str | None:
+def config_file(argv: list[str]) -> str | None:
+    """The --config file of a command line, as parse_config reads it; recipes that rerun themselves with changed
+    options (seeds, the search's retrain) read it too."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)

@@ -361,10 +361,10 @@ def _last_report(trial: Any) -> float | None:
 
 def user_config(argv: Sequence[str], argument_types: Sequence[type]) -> dict[str, Any]:
     """The options the user gave: the --config file's, then the command line's (typed by the recipe's parser)."""
-    from transferkit.config import _config_path, parse_overrides
+    from transferkit.config import config_file, parse_overrides
 
     config: dict[str, Any] = {}
-    path = _config_path(list(argv))
+    path = config_file(list(argv))
     if path is not None:
         with open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle) or {}

@@ -18,7 +18,6 @@ aggregate (the first seed, not one chosen on a metric: picking the best of sever
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -35,6 +34,7 @@ from transformers import TrainingArguments
 
 from transferkit import evidence
 from transferkit.arguments import ClassificationArguments, DataArguments, RunArguments
+from transferkit.config import config_file
 from transferkit.errors import TransferKitError
 from transferkit.hub import MERGED_DIR
 from transferkit.labels import MULTI, REGRESSION, SINGLE
@@ -115,7 +115,7 @@ def seed_run_argv(argv: list[str], scratch: str) -> list[str]:
     """The user's options without the seed loop's own (from the command line and from a copy of the --config
     file), for one seed's run; the seed, its folder and the split seed are appended after them."""
     options = _without_options(argv, (*SEED_LOOP_KEYS, "config"))
-    config = _config_path(argv)
+    config = config_file(argv)
     if config is None:
         return options
     with open(config, encoding="utf-8") as handle:
@@ -147,13 +147,6 @@ def _without_options(argv: list[str], names: Sequence[str]) -> list[str]:
             continue
         kept.append(token)
     return kept
-
-
-def _config_path(argv: list[str]) -> str | None:
-    """The --config file, read as parse_config reads it (the last one given wins)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--config", default=None)
-    return parser.parse_known_args(argv)[0].config
 
 
 def _check_output_dir(output_dir: str, resume_from_checkpoint: str | None) -> None:
