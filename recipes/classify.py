@@ -8,10 +8,13 @@ Supports:
 - dynamic padding with length-grouped batches and length-sorted evaluation, class weights (`class_weights: auto`),
   early stopping with best-model selection, the new head trained alone for `head_warmup_steps` before the whole
   model, offline metrics (accuracy, F1, precision, recall, MCC / multi-label F1 / MSE, Pearson, Spearman);
-- long texts (`long_text`): truncated, read as their head and tail, or (evaluation and test predictions) in
-  overlapping windows whose logits are averaged or maxed per document;
+- long texts (`long_text`): truncated, read as their head and tail, or in overlapping windows: in training each
+  window an example with its document's label (an epoch then holds more examples than documents), in evaluation
+  and test predictions the windows' logits averaged or maxed per document;
 - outputs in `output_dir`: model + tokenizer (safetensors), all_results.json, test predictions CSV, confusion
-  matrix and training-curve PNGs, a model card, transferkit_text.json (how the texts were read, for predict).
+  matrix and training-curve PNGs, a model card, transferkit_text.json (how the texts were read, for predict);
+- several seeds (`seeds`, `num_seeds`) on one split, with their mean and 95% intervals (transferkit.seeds), and an
+  Optuna search on validation (`hp_search`) whose best config is retrained and tested once (transferkit.search).
 
 Fails before training, with one message naming the thing and the fix, on: a missing file or unknown format, a
 text or label column that does not exist, an empty split, rows without a label, a validation/test label that
