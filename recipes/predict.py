@@ -14,18 +14,25 @@ Supports:
   windows whose logits are averaged (or maxed) into the row's;
 - speed: classify's test prediction (length-sorted batches, dynamic padding, the input order restored),
   `per_device_eval_batch_size` 64, `bf16_full_eval`; under `accelerate launch` the batches are shared between the
-  processes and gathered in order, and the main process writes the file.
+  processes and gathered in order, and the main process writes the file;
+- inputs larger than memory: `chunk_rows` (default 100,000) rows at a time are read, tokenized, predicted and
+  appended to the output (csv with one header, jsonl, parquet with one row group per chunk), so memory holds one
+  chunk's tokens and logits; `streaming: true` reads test_file or dataset_name as a stream (datasets'
+  IterableDataset) without building the Arrow cache of the whole input. Any chunk_rows gives the same rows, order
+  and labels (scores equal to float32 rounding: rows are length-sorted into batches within a chunk).
 
 Fails before predicting, leaving no output file, on: an output name that is not .csv / .jsonl / .parquet, a missing
 data file or text column (naming the columns there), an empty input or one without any text, input columns named
 like the output's, a model that is not a sequence classifier (an MLM output), an adapter without its label file.
-The file is written under a temporary name and renamed once complete.
+With `streaming` these are checked on the first chunk, and an input without any text fails at its end. The file is
+written under a temporary name and renamed once complete: a failure in any chunk leaves no output file.
 
 Launch:
     python recipes/predict.py --model_name_or_path outputs/classify --test_file new.csv --output_file labelled.csv
     transferkit predict outputs/classify new.csv --output labelled.parquet --all_probabilities
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m transferkit.recipes.predict \\
         --model_name_or_path outputs/classify --dataset_name imdb --dataset_split test --output_file imdb.jsonl
+    transferkit predict outputs/classify 'huge/*.jsonl' --output labelled.parquet --streaming true --chunk_rows 50000
 """
 
 from __future__ import annotations
@@ -33,24 +40,21 @@ from __future__ import annotations
 import logging
 import os
 
-from datasets import DatasetDict
 from transformers import TrainingArguments
 
 from transferkit.arguments import ModelArguments
+from transferkit.chunked import open_chunked_input, predict_in_chunks
 from transferkit.config import parse_config
 from transferkit.errors import exit_on_user_error
 from transferkit.predict import (
     PredictArguments,
     check_model_source,
-    load_prediction_data,
     load_prediction_model,
-    predict_columns,
     prediction_trainer,
     saved_text_settings,
 )
 from transferkit.preprocess import LongText, main_process_first
-from transferkit.reports import with_predictions, write_table
-from transferkit.text import TextCleaningArguments, apply_text_cleaning
+from transferkit.text import TextCleaningArguments
 from transferkit.train import runtime_defaults, setup_logging, with_arguments
 
 logger = logging.getLogger("transferkit.recipes.predict")
@@ -76,25 +80,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     saved = saved_text_settings(model_args)  # how classify read its texts: the default of every option left unset
     args = args.with_saved(saved)
 
-    # the main process checks and cleans the data; the others then read its cache (and raise its errors)
-    with main_process_first(training_args, desc="loading, checking and cleaning the data"):
-        dataset, text_columns = load_prediction_data(args, model_args, saved.text_column_names)
-        cleaned = apply_text_cleaning(DatasetDict({"predict": dataset}), text_columns, text_args)["predict"]
+    # the main process loads and checks the data (a stream: its first chunk); the others then read its cache
+    with main_process_first(training_args, desc="loading and checking the data"):
+        source = open_chunked_input(args, model_args, saved.text_column_names)
     loaded = load_prediction_model(model_args, adapter)
     long_text = LongText.of(args)  # truncate, head_tail or windows (transferkit.preprocess.LongText)
     trainer = prediction_trainer(loaded, training_args, args.max_seq_length, long_text)  # length-sorted, in order
-    columns, metrics = predict_columns(
-        trainer,
-        cleaned,
-        text_columns,
-        args.data_arguments(),
-        loaded.spec,
-        args.all_probabilities,
-        args.multi_label_threshold,
-        long_text,
-    )
+    # chunk_rows rows at a time: cleaned, tokenized, predicted, appended to output_file (renamed when complete)
+    metrics = predict_in_chunks(trainer, source, args, loaded.spec, long_text, text_args)
     if trainer.is_world_process_zero():
-        write_table(with_predictions(dataset, columns), args.output_file)  # the input as read, not as cleaned
         trainer.log_metrics("predict", metrics)
     return metrics
 

@@ -18,6 +18,7 @@ from recipes.classify import main as classify
 from recipes.predict import main as predict_recipe
 from tests.tiny import NEGATIVE, NEUTRAL, POSITIVE, launch_two_processes, write_reviews_csv
 from transferkit import predict as predict_module
+from transferkit import tables
 from transferkit.cli import main as cli
 from transferkit.errors import TransferKitError
 from transferkit.labels import MULTI, REGRESSION, SINGLE, LabelSpec
@@ -237,14 +238,19 @@ def test_the_output_never_replaces_or_joins_its_input(runs, tmp_path, monkeypatc
 
 
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    def half_written(self, path, **kwargs):
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write("text,predicted\nhalf")
-        raise OSError("disk full")
+    """The disk fills after the first rows reached the temporary file: it is removed, and out.csv never appears."""
+    written = tables.as_text
 
-    monkeypatch.setattr(Dataset, "to_csv", half_written)
+    def disk_full_at_row_2(table, extension, first_row):
+        if first_row == 2:
+            assert [name for name in os.listdir(tmp_path) if name.endswith(".partial")]  # the first rows are in
+            raise OSError("disk full")
+        return written(table, extension, first_row)
+
+    monkeypatch.setattr(tables, "CONVERSION_ROWS", 2)
+    monkeypatch.setattr(tables, "as_text", disk_full_at_row_2)
     with pytest.raises(OSError, match="disk full"):
-        write_table(Dataset.from_dict({"text": ["a"], "predicted": ["pos"]}), str(tmp_path / "out.csv"))
+        write_table(Dataset.from_dict({"text": ["a", "b", "c"], "predicted": ["pos"] * 3}), str(tmp_path / "out.csv"))
     assert os.listdir(tmp_path) == []
 
 
@@ -268,13 +274,17 @@ def test_multi_label_and_regression_columns(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_output_in_order(runs, tmp_path):
-    """accelerate launch, 2 CPU processes (cpu_ddp.yaml): Trainer shards the length-sorted batches and gathers them;
-    an odd row count and batch size 4 leave one process a short last batch."""
+    """accelerate launch, 2 CPU processes (cpu_ddp.yaml): Trainer shards the length-sorted batches of each chunk and
+    gathers them, the main process appends the chunk; 25 rows in chunks of 7 (odd) and batch size 4 leave one process
+    a short last batch in every chunk."""
     one = tmp_path / "one.csv"
     args = ["--model_name_or_path", runs["full"], "--test_file", runs["data"], "--per_device_eval_batch_size", "4"]
     predict_recipe([*args, "--output_file", str(one)])
-    result = launch_two_processes("predict.py", [*args, "--output_file", str(tmp_path / "two.csv")])
-    assert "predict_samples" in result.stdout + result.stderr
+    chunked = ["--chunk_rows", "7", "--output_file", str(tmp_path / "two.csv")]
+    result = launch_two_processes("predict.py", [*args, *chunked])
+    log = result.stdout + result.stderr
+    assert "predict_samples" in log and "Chunk 4: 25 rows of 25 (100%) labelled." in log
+    assert sorted(os.listdir(tmp_path)) == ["one.csv", "two.csv"]  # no temporary file left by either process
     one_rows, two_rows = read_csv(one), read_csv(tmp_path / "two.csv")
     assert [row["id"] for row in two_rows] == [row["id"] for row in one_rows]
     assert [row["predicted"] for row in two_rows] == [row["predicted"] for row in one_rows]

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import (
     AutoModelForSequenceClassification,
     PretrainedConfig,
@@ -38,10 +38,9 @@ from transferkit.data import (
     load_local_split,
     resolve_data_files,
     resolve_text_columns,
-    rows_with_text,
 )
 from transferkit.errors import TransferKitError
-from transferkit.labels import REGRESSION, SINGLE, LabelSpec
+from transferkit.labels import REGRESSION, SINGLE, LabelSpec, has_text
 from transferkit.lora import LABELS_FILE, load_lora_model
 from transferkit.models import (
     check_tokenizer_fits,
@@ -55,18 +54,23 @@ from transferkit.preprocess import LONG_TEXT_MODES, WINDOW_AGGREGATIONS, LongTex
 from transferkit.ranges import COUNT, at_least, between, check_own_ranges
 from transferkit.reliability import nearest_folder_above
 from transferkit.reports import (
-    OUTPUT_FORMATS,
     RESULT_COLUMNS,
     placed,
     predict_rows_with_text,
     result_columns,
+    result_features,
     with_predictions,
 )
+from transferkit.tables import OUTPUT_FORMATS
 from transferkit.trainers import ClassificationTrainer, classification_collator
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64  # no gradients or optimizer state at inference: a batch several times training's fits
+# Rows predicted at a time: thousands of batches, as length-sorting pads least over many texts (batches are formed
+# within a chunk), and a bounded share of memory (tests/benchmarks/README.md, prediction section).
+DEFAULT_CHUNK_ROWS = 100_000
+TEXT_SCAN_ROWS = 10_000  # rows read at a time when looking for a row with text
 # Written by the classify recipe next to its model (and its merged/ model): how it read its texts, so that new data
 # is read the same way. An adapter folder has no config.json, hence a file of its own (as lora.LABELS_FILE).
 TEXT_SETTINGS_FILE = "transferkit_text.json"
@@ -144,6 +148,25 @@ class PredictArguments:
     )
     preprocessing_num_workers: int | None = field(default=None, **with_help("Processes for tokenization.", range=COUNT))
     overwrite_cache: bool = field(default=False, **with_help("Tokenize again instead of reusing the datasets cache."))
+    chunk_rows: int = field(
+        default=DEFAULT_CHUNK_ROWS,
+        **with_help(
+            "Rows read, tokenized, predicted and appended to output_file at a time: memory holds one chunk's rows, "
+            "tokens and logits, not the input's. Lower it for long texts or little memory, keeping it many batches "
+            "(batches are length-sorted within a chunk). Any value gives the same rows, order and labels (a score "
+            "may differ in its last float digits, as between batch sizes: a row's batch is chosen in its chunk).",
+            range=COUNT,
+        ),
+    )
+    streaming: bool = field(
+        default=False,
+        **with_help(
+            "Read the input (test_file or dataset_name) as a stream (datasets' IterableDataset), chunk_rows rows at "
+            "a time, without first building the Arrow cache of the whole input: for inputs larger than that cache's "
+            "disk space. The input's checks then run on its first chunk; a parquet output takes its column types "
+            "from the first chunk.",
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_own_ranges(self)
@@ -280,6 +303,12 @@ def find_adapter(model_args: ModelArguments) -> str | None:
     if adapter_config is None:
         return None
     folder = os.path.dirname(adapter_config)
+    if not os.path.isdir(name):
+        # A Hub adapter: peft reads a folder's weights only when they are in it (else it takes the cached snapshot's
+        # path for a repo id), so the repo's files come into that snapshot folder first.
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(name, revision=model_args.model_revision, cache_dir=model_args.cache_dir)
     from peft import PeftConfig, TaskType
 
     task = PeftConfig.from_pretrained(folder).task_type
@@ -365,23 +394,22 @@ def load_prediction_model(model_args: ModelArguments, adapter: str | None) -> Lo
 
 
 # -- the data ---------------------------------------------------------------------------------------------------
-def load_prediction_data(
-    args: PredictArguments, model_args: ModelArguments, saved_columns: list[str] | None = None
-) -> tuple[Dataset, list[str]]:
-    """The rows to label, with all their columns, and the text columns (`choose_text_columns`); through
-    transferkit.data's loaders and checks (file formats, UTF-8, malformed rows, Hub ids)."""
+def load_prediction_input(
+    args: PredictArguments, model_args: ModelArguments, streaming: bool = False
+) -> tuple[Dataset | IterableDataset, str]:
+    """The rows to label, with all their columns, loaded (or, `streaming`, opened as an IterableDataset), and how a
+    message names them; through transferkit.data's loaders and checks (file formats, UTF-8, malformed rows, Hub ids).
+    `check_prediction_data` then finds their text columns."""
     if args.test_file is not None:
         files = resolve_data_files(args.test_file, "test_file", tuple(FORMATS))
         check_output_is_not_input(args.output_file, args.test_file, files)
         if all(_holds_no_rows(path) for path in files):
             raise TransferKitError(f"test_file: {args.test_file} holds no rows: nothing to predict. Check the file.")
-        dataset = load_local_split(args.test_file, "test_file", tuple(FORMATS), model_args.cache_dir, False)
-        where = args.test_file
-    else:
-        splits = load_hub_dataset(args.data_arguments(), model_args.cache_dir, streaming=False)
-        split = pick_split(splits, args.dataset_split, args.dataset_name)
-        dataset, where = splits[split], f"the {split} split of {args.dataset_name}"
-    return dataset, check_prediction_data(dataset, args.text_column_names, where, saved_columns)
+        dataset = load_local_split(args.test_file, "test_file", tuple(FORMATS), model_args.cache_dir, streaming)
+        return dataset, args.test_file
+    splits = load_hub_dataset(args.data_arguments(), model_args.cache_dir, streaming=streaming)
+    split = pick_split(splits, args.dataset_split, args.dataset_name)
+    return splits[split], f"the {split} split of {args.dataset_name}"
 
 
 def check_output_is_not_input(output_file: str | None, test_file: str, files: list[str]) -> None:
@@ -423,18 +451,16 @@ def pick_split(splits: DatasetDict, requested: str | None, name: str) -> str:
 
 
 def check_prediction_data(
-    dataset: Dataset, requested: list[str] | None, where: str, saved: list[str] | None = None
+    dataset: Dataset, requested: list[str] | None, where: str, saved: list[str] | None = None, whole: bool = True
 ) -> list[str]:
     """The text columns to read (`choose_text_columns`); an empty input, a missing column, no text at all or a
-    column that the output would overwrite is an error naming it."""
+    column that the output would overwrite is an error naming it. `whole=False`: `dataset` is a stream's first
+    chunk, whose lack of text says nothing of the rest (transferkit.chunked says it at the end)."""
     if len(dataset) == 0:
         raise TransferKitError(f"{where} holds no rows: nothing to predict. Check the file.")
     text_columns = choose_text_columns(dataset.column_names, requested, saved, where)
-    if not rows_with_text(dataset, text_columns):
-        raise TransferKitError(
-            f"{where} has no text in any row ({', '.join(text_columns)} are empty): nothing to predict. "
-            "Check the file and text_column_names."
-        )
+    if whole and not holds_text(dataset, text_columns):
+        raise no_text_error(where, text_columns)
     taken = [column for column in dataset.column_names if column in RESULT_COLUMNS or column.startswith("prob_")]
     if taken:
         raise TransferKitError(
@@ -442,6 +468,20 @@ def check_prediction_data(
             "drop them (an earlier prediction's output?)."
         )
     return text_columns
+
+
+def holds_text(dataset: Dataset, columns: list[str]) -> bool:
+    """Whether some row holds text, read TEXT_SCAN_ROWS rows at a time up to the first that does (not the whole
+    text columns at once: an input larger than memory)."""
+    batches = dataset.select_columns(columns).iter(batch_size=TEXT_SCAN_ROWS)
+    return any(any(has_text(batch, columns)) for batch in batches)
+
+
+def no_text_error(where: str, text_columns: list[str]) -> TransferKitError:
+    return TransferKitError(
+        f"{where} has no text in any row ({', '.join(text_columns)} are empty): nothing to predict. "
+        "Check the file and text_column_names."
+    )
 
 
 def choose_text_columns(
@@ -498,7 +538,11 @@ def predict_columns(
     threshold: float = 0.5,
     long_text: LongText | None = None,
 ) -> tuple[dict[str, list], dict[str, float]]:
-    """Tokenize `dataset` and predict it: (the result columns, one value per row of `dataset`; the metrics)."""
+    """Tokenize `dataset` and predict it: (the result columns, one value per row of `dataset`; the metrics). A
+    `dataset` without text (a chunk of the input) is not predicted: its result cells are None."""
+    if not holds_text(dataset, text_columns):
+        empty = {name: [None] * len(dataset) for name in result_features(spec, all_probabilities)}
+        return empty, {"predict_samples": 0, "predict_not_predicted": len(dataset)}
     tokenizer = trainer.processing_class
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, trainer.model.config)
     splits = DatasetDict({"predict": dataset})
@@ -577,7 +621,7 @@ def predict(
             trainer, dataset, text_columns, data_args, loaded.spec, all_probabilities, multi_label_threshold, long
         )
     if isinstance(data, Dataset):
-        return with_predictions(data, columns)
+        return with_predictions(data, columns, result_features(loaded.spec, all_probabilities))
     return _as_dicts(columns, loaded.spec)
 
 

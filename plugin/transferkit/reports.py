@@ -5,7 +5,6 @@ Only the main process writes; the figures use matplotlib's Agg backend so they r
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import os
@@ -15,16 +14,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from datasets import Dataset, concatenate_datasets  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from datasets import Dataset, Features, List, Value, concatenate_datasets  # noqa: E402
 from transformers.trainer_utils import PredictionOutput  # noqa: E402
 
 from transferkit.data import rows_with_text  # noqa: E402
 from transferkit.labels import MULTI, REGRESSION, SINGLE, LabelSpec  # noqa: E402
 from transferkit.metrics import predictions_from_logits, probabilities_from_logits  # noqa: E402
+from transferkit.tables import TableWriter  # noqa: E402
 
 logger = logging.getLogger(__name__)
 RESULT_COLUMNS = ("predicted", "score")  # the columns transferkit.predict adds to new data (and prob_<label>)
-OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")  # the files it writes them to
 
 
 def write_predictions(
@@ -230,62 +230,41 @@ def placed(values: list, rows: list[int], total: int) -> list:
     return column
 
 
-def with_predictions(dataset: Dataset, columns: dict[str, list]) -> Dataset:
-    """The input's columns, in their order, then the result columns."""
-    return concatenate_datasets([dataset.flatten_indices(), Dataset.from_dict(columns)], axis=1)
+def result_features(spec: LabelSpec, all_probabilities: bool) -> Features:
+    """The result columns' types, fixed by the labels rather than read off the values: a chunk whose rows all lack
+    text (every result cell None) is typed as the others, so that a parquet file written in chunks has one schema."""
+    if spec.problem_type == REGRESSION:
+        return Features({"predicted": Value("float64")})
+    if spec.problem_type == MULTI:
+        features = {"predicted": List(Value("string")), "score": List(Value("float64"))}
+    else:
+        features = {"predicted": Value("string"), "score": Value("float64")}
+    if all_probabilities:
+        features.update({f"prob_{name}": Value("float64") for name in spec.names})
+    return Features(features)
+
+
+def with_predictions(dataset: Dataset, columns: dict[str, list], features: Features | None = None) -> Dataset:
+    """The input's columns, in their order, then the result columns (typed by `features`, see `result_features`)."""
+    return concatenate_datasets([dataset.flatten_indices(), Dataset.from_dict(columns, features=features)], axis=1)
+
+
+def predictions_table(rows: Dataset, columns: dict[str, list], features: Features) -> pa.Table:
+    """`with_predictions` as an Arrow table, without copying the input's rows into a new cache file: a chunk of the
+    input goes to the writer as it is."""
+    table = rows.with_format("arrow")[:]
+    for field in features.arrow_schema:
+        table = table.append_column(field, pa.array(columns[field.name], field.type))
+    return table
 
 
 def write_table(table: Dataset, path: str) -> None:
     """Write `table` in the format the extension names, to a temporary name renamed at the end: a failed or killed
-    run leaves no half-written file under `path`. CSV cells hold no lists: multi-label names and scores are joined
-    with ';' (as classify's predictions.csv writes them)."""
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in OUTPUT_FORMATS:
-        raise ValueError(f"write_table writes {', '.join(OUTPUT_FORMATS)} files, not {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
-    try:
-        if extension == ".csv":
-            _joined_lists(table).to_csv(temporary, index=False)
-        elif extension == ".jsonl":
-            table.to_json(temporary, lines=True, force_ascii=False)
-        else:
-            table.to_parquet(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-    logger.info("Wrote %d rows with their predictions to %s.", len(table), path)
-
-
-def _joined_lists(table: Dataset) -> Dataset:
-    from datasets import Value
-
-    lists = [name for name in RESULT_COLUMNS if name in table.column_names and _is_list(table.features[name])]
-    if not lists:
-        return table
-    features = table.features.copy()
-    features.update({name: Value("string") for name in lists})
-    return table.map(
-        lambda batch: {name: [_join(value) for value in batch[name]] for name in lists},
-        batched=True,
-        features=features,
-        desc="Joining multi-label cells",
-    )
-
-
-def _is_list(feature) -> bool:
-    from datasets import LargeList, List
-
-    return isinstance(feature, (List, LargeList, list))
-
-
-def _join(value: list | None) -> str | None:
-    if value is None:
-        return None
-    return ";".join(f"{item:.6f}" if isinstance(item, float) else str(item) for item in value)
+    run leaves no half-written file under `path` (transferkit.tables.TableWriter, which the predict recipe also
+    appends to a chunk at a time). CSV cells hold no lists: multi-label names and scores are joined with ';' (as
+    classify's predictions.csv writes them)."""
+    with TableWriter(path, table.features) as writer:
+        writer.write(table)
 
 
 def output_path(output_dir: str, name: str) -> str:

@@ -19,6 +19,21 @@ Each way is timed from loading the model to the last label (the same work for al
 that drifting background load hits every way alike; the report gives the median. Peak memory: the process's resident
 set sampled every 5 ms during the run, above what it held before. Checked: every way gives every text the same label,
 and its probability within 1e-4. Reports bench_predict.json and bench_predict.md in `--out`.
+
+Memory of the chunked predict recipe (`chunk_rows`, `streaming`)::
+
+    python tests/benchmarks/bench_predict.py --chunk-memory [--rows 200000] [--chunk-rows 20000] [--out DIR]
+
+A tiny BERT classifier built here (tests/tiny.py: 2 layers, hidden 32) labels `--rows` short synthetic texts (3-16
+words, an id column) from a csv into a csv, by the predict recipe, in a fresh process per setting: the first 1,000
+rows (the fixed cost: imports, model), the whole input as one chunk, `--chunk-rows` at a time, and streamed
+`--chunk-rows` at a time. Memory: the process's peak RSS (`ru_maxrss`, which counts the pages of memory-mapped Arrow
+files read), its peak anonymous memory (Linux's RssAnon, sampled every 5 ms: what it holds itself), and the latter
+after each chunk (flat, or growing with the input). The input's Arrow cache is built before the first setting, so
+that no setting pays the csv conversion; one tokenizing process each (`preprocessing_num_workers 1`), batches of 1024
+(fewer Trainer steps: a tiny model's batch costs little memory). Checked against one chunk's file: the same ids and
+labels in every row; how many scores differ and by how much (float32 rounding: a row's batch is chosen within its
+chunk). Reports bench_predict_chunks.json in `--out`.
 """
 
 from __future__ import annotations
@@ -27,9 +42,13 @@ import argparse
 import csv
 import gc
 import json
+import logging
 import os
 import platform
+import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -98,13 +117,16 @@ class PeakRSS:
         self.process, self.interval, self.peak = psutil.Process(), interval, 0
         self._stop = threading.Event()
 
+    def _current(self) -> int:
+        return self.process.memory_info().rss
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak = max(self.peak, self._current())
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRSS:
-        self.before = self.process.memory_info().rss
+        self.before = self._current()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -112,6 +134,32 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakAnonymousMemory(PeakRSS):
+    """The largest anonymous resident memory (Linux's RssAnon): what the process holds itself, without the pages of
+    memory-mapped files (datasets' Arrow cache) that RSS also counts and the kernel may drop at any time."""
+
+    def _current(self) -> int:
+        return anonymous_memory()
+
+
+def anonymous_memory() -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        line = next(line for line in handle if line.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
+class AfterEachChunk(logging.Handler):
+    """The anonymous memory when the recipe logs a chunk as done: flat across chunks, or growing with the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mb: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Chunk "):
+            self.mb.append(anonymous_memory() / 2**20)
 
 
 def measure(name: str, model: str, texts: list[str]) -> tuple[dict, list[tuple[str, float]]]:
@@ -133,17 +181,135 @@ def compare(reference: list[tuple[str, float]], other: list[tuple[str, float]]) 
     }
 
 
+# -- memory of the chunked recipe ----------------------------------------------------------------------------------
+def tiny_classifier(folder: str) -> str:
+    """A tiny BERT sequence classifier with two labels, saved as the classify recipe saves one (untrained: the
+    labels do not matter to memory)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from tests.tiny import build_tokenizer, tiny_bert_config
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = tiny_bert_config(
+        len(tokenizer), num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def synthetic_texts(path: str, rows: int) -> str:
+    from tests.tiny import WORDS
+
+    words = [word for word in WORDS if not word.startswith("##")]
+    rng = random.Random(0)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        for index in range(rows):
+            writer.writerow([index, " ".join(rng.choices(words, k=rng.randint(3, 16)))])
+    return path
+
+
+def chunk_child(argv: list[str]) -> None:
+    """One setting, in this fresh process: the predict recipe, then its peak RSS and seconds as a JSON line."""
+    from recipes.predict import main as predict
+
+    started = time.perf_counter()
+    quiet = ["--report_to", "none", "--disable_tqdm", "true"]
+    chunks = AfterEachChunk()
+    logging.getLogger("transferkit.chunked").addHandler(chunks)
+    with PeakAnonymousMemory() as anonymous:
+        predict([*argv, "--preprocessing_num_workers", "1", "--per_device_eval_batch_size", "1024", *quiet])
+    result = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kilobytes on Linux
+        "peak_anonymous_mb": anonymous.peak / 2**20,
+        "anonymous_mb_after_each_chunk": chunks.mb,
+        "seconds": time.perf_counter() - started,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def chunk_memory(rows: int, chunk_rows: int, out: str) -> None:
+    from datasets import load_dataset
+
+    runs, outputs = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        model = tiny_classifier(os.path.join(scratch, "model"))
+        data = synthetic_texts(os.path.join(scratch, "texts.csv"), rows)
+        head = synthetic_texts(os.path.join(scratch, "head.csv"), 1_000)  # the same seed: the first 1,000 rows
+        cache = os.path.join(scratch, "cache")
+        for path in (data, head):  # the Arrow caches, once
+            load_dataset("csv", data_files={"data": [path]}, split="data", cache_dir=cache)
+        settings = {  # name: (input, flags)
+            "the first 1,000 rows (the fixed cost)": (head, ["--chunk_rows", str(rows)]),
+            "one chunk": (data, ["--chunk_rows", str(rows)]),
+            f"chunk_rows {chunk_rows}": (data, ["--chunk_rows", str(chunk_rows)]),
+            f"streaming, chunk_rows {chunk_rows}": (data, ["--chunk_rows", str(chunk_rows), "--streaming", "true"]),
+        }
+        for number, (name, (path, flags)) in enumerate(settings.items()):
+            output = os.path.join(scratch, f"labelled{number}.csv")
+            argv = ["--model_name_or_path", model, "--test_file", path, "--output_file", output, "--cache_dir", cache]
+            command = [sys.executable, __file__, "--chunk-child", *argv, *flags]
+            result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+            line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+            runs.append({"setting": name, **json.loads(line.removeprefix("RESULT "))})
+            print(json.dumps(runs[-1]), flush=True)
+            if path == data:
+                outputs.append(labelled_rows(output))
+                runs[-1].update(compare_labelled(outputs[0], outputs[-1]))
+    report = {"rows": rows, "chunk_rows": chunk_rows, "runs": runs}
+    os.makedirs(out, exist_ok=True)
+    Path(out, "bench_predict_chunks.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"{rows:,} rows; against one chunk: rows differing in id or label, scores differing, max difference")
+    print("| setting | peak RSS | peak anonymous (after chunk 1 / last) | seconds | ids/labels, scores, max |")
+    print("|---|---|---|---|---|")
+    for run in runs:
+        after = run["anonymous_mb_after_each_chunk"]
+        memory = f"{run['peak_rss_mb']:.0f} MB | {run['peak_anonymous_mb']:.0f} MB ({after[0]:.0f} / {after[-1]:.0f})"
+        differ = [run.get("labels_differ", "-"), run.get("scores_differ", "-")]
+        same = f"{differ[0]}, {differ[1]}, {run.get('max_score_difference', 0):.1e}"
+        print(f"| {run['setting']} | {memory} | {run['seconds']:.0f} s | {same} |")
+
+
+def labelled_rows(path: str) -> list[tuple[str, str, float]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [(row["id"], row["predicted"], float(row["score"])) for row in csv.DictReader(handle)]
+
+
+def compare_labelled(reference: list[tuple[str, str, float]], other: list[tuple[str, str, float]]) -> dict:
+    """Rows are length-sorted into batches within a chunk: a row's padding, so its float32 logits' last digits, may
+    change with the chunking; its id (order) and label must not."""
+    assert len(reference) == len(other)
+    return {
+        "labels_differ": sum(a[:2] != b[:2] for a, b in zip(reference, other)),
+        "scores_differ": sum(a[2] != b[2] for a, b in zip(reference, other)),
+        "max_score_difference": max(abs(a[2] - b[2]) for a, b in zip(reference, other)),
+    }
+
+
 def main() -> None:
     import torch
 
+    if sys.argv[1:2] == ["--chunk-child"]:
+        chunk_child(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="a finetuned classifier; default: train one here")
-    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rows", type=int, default=None, help="default: 10,000 (--chunk-memory: 200,000)")
+    parser.add_argument("--chunk-memory", action="store_true", help="measure the chunked recipe's peak memory")
+    parser.add_argument("--chunk-rows", type=int, default=20_000, help="--chunk-memory: the chunk size measured")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
     parser.add_argument("--out", default=str(REPO / "tests/benchmarks/results/2026-12-03-cpu"))
     args = parser.parse_args()
+    if args.chunk_memory:
+        chunk_memory(args.rows or 200_000, args.chunk_rows, args.out)
+        return
+    args.rows = args.rows or 10_000
     with tempfile.TemporaryDirectory() as scratch:
         data = reviews(scratch)
         with open(data, newline="", encoding="utf-8") as handle:
