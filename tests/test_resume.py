@@ -111,3 +111,18 @@ def test_a_checkpoint_at_max_steps_is_not_trained_one_step_further(tiny_bert, re
     assert not (out / "checkpoint-13").exists()
     assert (out / "model.safetensors").read_bytes() == final
     assert (out / FINISHED_MARKER).is_file()
+
+
+def test_a_checkpoint_at_max_steps_ends_on_the_best_model_as_an_uninterrupted_run(tiny_bert, reviews_csv, tmp_path):
+    """With load_best_model_at_end (early stopping), the loaded last checkpoint gives way to the best one, as
+    Trainer.train would have ended. A rising loss as the "best" metric makes an early checkpoint the best."""
+    out = tmp_path / "run"
+    best = ("--eval_strategy", "steps", "--eval_steps", "4", "--early_stopping_patience", "10")
+    best += ("--metric_for_best_model", "loss", "--greater_is_better", "true")
+    main(run_args(tiny_bert, reviews_csv, out, *best))
+    uninterrupted = (out / "model.safetensors").read_bytes()
+    for path in out.iterdir():
+        if not path.name.startswith("checkpoint-"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    main(run_args(tiny_bert, reviews_csv, out, *best, "--resume_from_checkpoint", "auto"))
+    assert (out / "model.safetensors").read_bytes() == uninterrupted

@@ -87,7 +87,7 @@ def test_search_writes_every_trial_and_a_best_config_retrained_and_tested_once(
     optimizers = []  # what each training ran with: its args' values, its optimizer's rates, its head warm-up
     spy(monkeypatch, "create_optimizer", lambda trainer: optimizers.append(optimizer_settings(trainer)))
 
-    metrics = classify.main(["--config", config])
+    metrics = classify.main(["--config", config, "--overwrite_output_dir", "true"])
 
     trials = read_trials(out)
     assert [row["number"] for row in trials] == ["0", "1", "2"]
@@ -107,6 +107,7 @@ def test_search_writes_every_trial_and_a_best_config_retrained_and_tested_once(
     best_yaml = out / SEARCH_DIR / BEST_CONFIG
     written = yaml.safe_load(best_yaml.read_text())
     assert "hp_search" not in written and written["train_file"] == reviews_csv and written["seed"] == 3
+    assert "overwrite_output_dir" not in written  # run again, it would delete the retrained model and hp_search/
     for name in SPACE:
         assert str(written[name]) == best[name], name
     assert f"python recipes/classify.py --config {best_yaml}" in best_yaml.read_text()

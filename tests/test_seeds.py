@@ -204,3 +204,16 @@ def test_regression_seeds_are_bootstrapped_for_mse(tmp_path):
     assert figures["test_examples"] == 2 and figures["test_mse"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert 0 <= figures["test_mse_bootstrap95_low"] <= figures["test_mse_bootstrap95_high"] <= 1
     assert read_json(folder / "bootstrap.json")["problem_type"] == "regression"
+
+
+def test_a_card_section_added_again_replaces_the_first(tmp_path):
+    """A rerun after a failed push adds the seeds' section again: one copy, the newer, stays."""
+    from transferkit.model_card import add_card_section
+
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# run\n\n## Results\n\nx\n\n## Lineage\n\nbase\n")
+    add_card_section(tmp_path, "Results over 3 seeds", "old figures")
+    add_card_section(tmp_path, "Results over 3 seeds", "new figures")
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("## Results over 3 seeds") == 1
+    assert "new figures" in text and "old figures" not in text
+    assert text.index("## Results over 3 seeds") < text.index("## Lineage") and "## Results\n" in text

@@ -16,7 +16,7 @@ small test set gives; the exact binomial test on the discordant pairs is a singl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,9 +206,13 @@ def _format_numbers(values: list[float], unit: str) -> list[str]:
     return [f"{shown[0]} {unit}" if unit else shown[0], *shown[1:]]
 
 
-def _resampled_rows(size: int, n_resamples: int, seed: int) -> np.ndarray:
+def _resampled_rows(size: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """One resample's row indices at a time: all of them at once would be n_resamples x size integers (8 GB for
+    1,000 resamples of a million test rows)."""
     _check(n_resamples >= 1, f"n_resamples must be >= 1, got {n_resamples}")
-    return np.random.default_rng(seed).integers(0, size, size=(n_resamples, size))
+    generator = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        yield generator.integers(0, size, size=size)
 
 
 def _percentile_interval(estimate: float, samples: list[float], size: int, confidence: float) -> Interval:

@@ -212,6 +212,9 @@ def add_card_section(output_dir: str | Path, heading: str, body: str, repo_id: s
     if repo_id and old != repo_id:  # in the title, model-index and the usage snippet (`"{id}"` in _USAGE)
         text = text.replace(f"# {old}\n", f"# {repo_id}\n", 1).replace(f'"{old}"', f'"{repo_id}"')
         card.data.model_name = repo_id
+    earlier = re.search(rf"\n## {re.escape(heading)}\n.*?(?=\n## |\Z)", text, flags=re.DOTALL)
+    if earlier:  # a rerun (a push retried): the section is replaced, never added twice
+        text = text[: earlier.start()] + text[earlier.end() :]
     card.text = text.replace("\n## Lineage", f"\n## {heading}\n\n{body}\n\n## Lineage", 1)
     card.save(path)
     return path

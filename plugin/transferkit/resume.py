@@ -177,8 +177,11 @@ def load_finished_checkpoint(trainer: Trainer, checkpoint: str) -> bool:
         logger.warning("%s is at max_steps; under DeepSpeed or FSDP resuming it trains one more step.", checkpoint)
         return False
     logger.info("%s holds all max_steps=%d steps: loading it, not training again.", checkpoint, trainer.args.max_steps)
-    trainer._load_from_checkpoint(checkpoint)  # weights (full, adapter or FSDP shards) as Trainer.train loads them
+    trainer._load_from_checkpoint(checkpoint)  # weights (full or adapter) as Trainer.train loads them
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()  # what Trainer.train ends with: the best checkpoint, not the last
+    logger.warning("The train_* figures of the interrupted training are not in all_results.json (it was killed).")
     return True
 
 

@@ -182,7 +182,8 @@ def search_then_retrain(
             write_best_config(best_config, config, best, metric, plan)
     trainer.accelerator.wait_for_everyone()  # the other ranks read best.yaml
     release(trainer)
-    return main(["--config", best_config])
+    resume = ["--resume_from_checkpoint", "auto"] if trainer.args.resume_from_checkpoint in RESUME_AUTO else []
+    return main(["--config", best_config, *resume])  # a retrain cut short resumes when the rerun asks to
 
 
 def objective_of(trainer: Trainer, plan: SearchPlan) -> tuple[str, str]:
@@ -373,7 +374,10 @@ def user_config(argv: Sequence[str], argument_types: Sequence[type]) -> dict[str
 
 def write_best_config(path: str, config: dict[str, Any], best: dict[str, Any], metric: str, plan: SearchPlan) -> None:
     """best.yaml: the user's options with the best trial's values, without hp_search."""
-    best_config = {key: value for key, value in {**config, **best["params"]}.items() if key != "hp_search"}
+    # without overwrite_output_dir: the search already cleared output_dir, and best.yaml run again would delete the
+    # retrained model and this hp_search folder
+    dropped = ("hp_search", "overwrite_output_dir")
+    best_config = {key: value for key, value in {**config, **best["params"]}.items() if key not in dropped}
     values = ", ".join(f"{name} {value}" for name, value in best["params"].items())
     header = [
         f"The best of {plan.n_trials} hp_search trials (trial {best['number']}: {metric} {best['value']:.4f} on "
@@ -381,8 +385,6 @@ def write_best_config(path: str, config: dict[str, Any], best: dict[str, Any], m
         f"{values}. It runs as it is:",
         f"  python recipes/classify.py --config {path}",
     ]
-    if best_config.get("overwrite_output_dir"):
-        header.append("(overwrite_output_dir: true replaces output_dir, this hp_search folder included.)")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("".join(f"# {line}\n" for line in header))
         yaml.safe_dump(_plain(best_config), handle, sort_keys=False)

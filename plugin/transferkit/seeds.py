@@ -182,12 +182,18 @@ def write_aggregate(output_dir: str, seeds: list[int], split: int) -> dict:
     per_seed = {seed: _read_json(os.path.join(seed_dir(output_dir, seed), "all_results.json")) for seed in seeds}
     bootstrap = {seed: seed_bootstrap(seed_dir(output_dir, seed)) for seed in seeds}
     aggregate = aggregate_metrics(per_seed)
-    aggregate["per_seed"] = {str(seed): {**per_seed[seed], **bootstrap[seed]} for seed in seeds}
+    aggregate["per_seed"] = {str(seed): {**per_seed[seed], **_intervals_only(bootstrap[seed])} for seed in seeds}
     with open(os.path.join(output_dir, "all_results.json"), "w", encoding="utf-8") as handle:
         json.dump(aggregate, handle, indent=2)
     with open(os.path.join(output_dir, SUMMARY_FILE), "w", encoding="utf-8") as handle:
         handle.write(summary_markdown(aggregate, per_seed, bootstrap, split))
     return aggregate
+
+
+def _intervals_only(figures: dict) -> dict:
+    """A seed's bootstrap figures less the metrics recomputed from predictions.csv (rounded there): the run's own
+    all_results.json values stay the seed's figures, as the means are taken over them."""
+    return {key: value for key, value in figures.items() if "_bootstrap95_" in key or key == "test_examples"}
 
 
 def aggregate_metrics(per_seed: dict[int, dict]) -> dict:
@@ -331,7 +337,7 @@ def _bootstrapped(figures: dict) -> list[str]:
 
 def _with_interval(figures: dict, key: str) -> str:
     low, high = figures[f"{key}_bootstrap95_low"], figures[f"{key}_bootstrap95_high"]
-    return f"{_number(figures[key])} ({_number(low)} to {_number(high)})"
+    return f"{_number(figures.get(key))} ({_number(low)} to {_number(high)})"
 
 
 def _number(value) -> str:
