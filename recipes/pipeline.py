@@ -1,5 +1,5 @@
 """Adapt, then finetune: MLM or CLM continued pretraining (stage 1), classification from the adapted model (stage 2),
-and optionally the same classification from the base model, with a report of what the adaptation bought.
+and optionally the same classification from the base model, with a paired report of what the adaptation bought.
 Encoders adapt with masked-LM (the default); decoders (GPT-2, Llama, ...) with `adapt: {objective: clm}`, and are
 then finetuned as decoder classifiers (last-token pooling, EOS as pad token).
 
@@ -7,21 +7,24 @@ Config: one YAML with the pipeline's keys and one section per stage, each holdin
 
     base_model: sentence-transformers/all-MiniLM-L6-v2
     output_dir: outputs/pipeline
-    compare_with_base: true       # also finetune the base model, same seed and hyperparameters
+    compare_with_base: true       # also finetune the base model, same seeds, split and hyperparameters
     shared: {seed: 42}            # keys given to every stage
     adapt: {max_steps: 300}       # recipes/mlm.py keys; no train_file / dataset_name = TAPT on the task's texts
                                   # (a decoder base_model: adapt: {objective: clm, max_steps: 300})
-    classify: {train_file: reviews.csv, num_train_epochs: 3}   # recipes/classify.py keys
+    classify: {train_file: reviews.csv, seeds: [1, 2, 3], max_train_samples: 300}   # recipes/classify.py keys
 
-TAPT (no corpus in `adapt`) pretrains on the texts of the classification *train* split only, as carved with the
-same seed, so no validation or test text is seen in stage 1. DAPT: give `adapt` its own train_file or dataset.
+TAPT (no corpus in `adapt`) pretrains on every text of the classification *train* split, carved as stage 2 carves
+it (split_seed, else seed), so no validation or test text is seen in stage 1, but the texts that max_train_samples
+leaves out of finetuning are: few labels and plenty of unlabelled text is where TAPT helps most (Gururangan et al.,
+"Don't Stop Pretraining", ACL 2020). DAPT: give `adapt` its own train_file or dataset. `seeds` / `num_seeds` in
+`classify` run both classify stages on those seeds and one split; the adapt stage runs once. comparison.md / .json:
+each test metric's difference adapted - base with its 95% interval paired by seed, McNemar and a paired bootstrap
+over each seed's test examples, and a one-sentence verdict (transferkit.comparison).
 A LoRA adapt stage (`adapt: {use_peft: true}`) is merged into a full model (adapt/merged), which stage 2 finetunes.
 Under `accelerate launch` one process writes the stage configs, the TAPT corpus and the report; the others wait.
-Each stage writes its resolved config as <output_dir>/<stage>.yaml. When the pipeline is restarted, a finished stage
-(run_finished.json, its last step) is not run again and a stage cut short resumes from its last checkpoint. The
-comparison lands in comparison.md and comparison.json.
-Publishing: `push_to_hub: true` with a `hub_model_id` in `adapt` and/or `classify` pushes that stage (the adapted
-encoder, the finetuned classifier; a LoRA adapt stage's adapter, and its merged model to `<hub_model_id>-merged` or
+Each stage writes its resolved config as <output_dir>/<stage>.yaml. A rerun skips finished stages (run_finished.json)
+and resumes a stage cut short from its last checkpoint. `push_to_hub: true` with a `hub_model_id` in `adapt` and/or
+`classify` pushes that stage (a LoRA adapt stage: its adapter, and the merged model to `<hub_model_id>-merged` or
 `hub_merged_model_id`); the baseline is never pushed. The token comes from HF_TOKEN, not hub_token.
 
 Launch:
@@ -47,6 +50,7 @@ import yaml
 from accelerate import PartialState
 
 from transferkit.arguments import DataArguments, ModelArguments
+from transferkit.comparison import compare, console_summary, stage_row, write_report
 from transferkit.config import parse_config, parse_overrides
 from transferkit.data import load_classification_splits
 from transferkit.errors import TransferKitError, exit_on_user_error
@@ -56,8 +60,8 @@ from transferkit.resume import is_finished
 logger = logging.getLogger("transferkit.recipes.pipeline")
 PIPELINE_KEYS = {"base_model", "output_dir", "compare_with_base", "shared", "adapt", "classify"}
 SECTION_RECIPES = {"adapt": (mlm,), "classify": (classify,), "shared": (mlm, classify)}
-STAGES = ("adapt", "finetune", "baseline")
-REPORTED = ("test_accuracy", "test_f1_macro", "test_matthews_correlation", "eval_accuracy", "eval_perplexity")
+SPLIT_PHASES = {"validation": "do_eval", "test": "do_predict"}  # a phase that is off: its file split is not read
+SEED_KEYS = ("seeds", "num_seeds")  # classify's: both classify stages run them, the adapt stage once
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,9 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name, stage in stages.items():
         results[name] = run_stage(output_dir, name, stage)
         PartialState().wait_for_everyone()  # the next stage reads what this one's main process wrote last
-    report = compare(results)
-    if args.should_save:
-        write_report(output_dir, report)
+    if not args.should_save:  # the report reads both stages' predictions: the main process makes it
+        return {name: stage_row(name, metrics) for name, metrics in results.items()}
+    stage_dirs = {name: stage["keys"]["output_dir"] for name, stage in stages.items()}
+    report = compare(results, stage_dirs, seed=stages["finetune"]["keys"].get("seed", 42))
+    write_report(output_dir, report)
+    print(console_summary(report))
     return report
 
 
@@ -191,14 +198,15 @@ def _pipeline_parser():
 def plan_stages(config: dict) -> dict[str, dict]:
     """The stages to run, each a recipe with its keys; the model paths chain base -> adapted -> finetuned."""
     out, base, shared = config["output_dir"], config["base_model"], config.get("shared") or {}
+    if set(SEED_KEYS) & set(shared) or set(SEED_KEYS) & set(config.get("adapt") or {}):
+        raise TransferKitError("Put seeds / num_seeds in `classify`: both classify stages run them, adapt runs once.")
     adapt_keys = {**shared, **(config.get("adapt") or {}), "model_name_or_path": base}
-    stages = {
-        "adapt": {"recipe": mlm, "keys": adapt_keys},
-        "finetune": {"recipe": classify, "keys": {**shared, **config["classify"]}},
-    }
+    classify_keys = {**shared, **config["classify"]}
+    classify_keys["split_seed"] = split_seed(classify_keys)  # one split for every seed and both classify stages
+    stages = {"adapt": {"recipe": mlm, "keys": adapt_keys}, "finetune": {"recipe": classify, "keys": classify_keys}}
     stages["finetune"]["keys"]["model_name_or_path"] = adapted_model(out, adapt_keys, base, stages["finetune"]["keys"])
     if config.get("compare_with_base", True):
-        stages["baseline"] = {"recipe": classify, "keys": {**shared, **config["classify"], "model_name_or_path": base}}
+        stages["baseline"] = {"recipe": classify, "keys": {**classify_keys, "model_name_or_path": base}}
     if "train_file" not in stages["adapt"]["keys"] and "dataset_name" not in stages["adapt"]["keys"]:
         stages["adapt"]["keys"]["train_file"] = tapt_corpus_path(out)  # TAPT: written before stage 1 runs
     for name, stage in stages.items():
@@ -254,26 +262,32 @@ def write_stage_config(output_dir: str, name: str, stage: dict) -> str:
     return path
 
 
+def split_seed(classify_keys: dict) -> int:
+    """The seed classify carves its validation/test split with: split_seed, else seed, else TrainingArguments' 42."""
+    chosen = next((classify_keys[key] for key in ("split_seed", "seed") if classify_keys.get(key) is not None), 42)
+    return int(chosen)
+
+
 def write_tapt_corpus(classify_keys: dict, output_dir: str) -> str:
-    """The classification train split's texts (carved exactly as stage 2 will carve it), one JSON row each."""
+    """Every text of the classification train split (carved exactly as stage 2 carves it), one JSON row each, also
+    the rows that max_train_samples leaves out of finetuning: labels are scarce, unlabelled text is not."""
     path = tapt_corpus_path(output_dir)
     if os.path.isfile(path):
         return path
     data_keys = {key: value for key, value in classify_keys.items() if key in DataArguments.__dataclass_fields__}
-    data_args = DataArguments(**data_keys)
+    data_args = DataArguments(**{**data_keys, "max_train_samples": None})
+    off = tuple(split for split, phase in SPLIT_PHASES.items() if classify_keys.get(phase) is False)  # as classify
     splits, text_columns, _ = load_classification_splits(
-        data_args,
-        ModelArguments(model_name_or_path="unused"),
-        classify_keys.get("problem_type"),
-        classify_keys.get("seed", 42),
-    )
+        data_args, ModelArguments(model_name_or_path="unused"), classify_keys.get("problem_type"),
+        split_seed(classify_keys), skip=off,
+    )  # fmt: skip
     delimiter = data_args.text_column_delimiter or " "
     with open(path + ".partial", "w", encoding="utf-8") as handle:
         for row in splits["train"].select_columns(text_columns):
             sides = (str(row[column]) for column in text_columns if row[column] is not None)
             handle.write(json.dumps({"text": delimiter.join(side for side in sides if side.strip())}) + "\n")
     os.replace(path + ".partial", path)
-    logger.info("TAPT corpus: %d training texts written to %s", len(splits["train"]), path)
+    logger.info("TAPT corpus: every one of the %d training texts written to %s", len(splits["train"]), path)
     return path
 
 
@@ -286,41 +300,6 @@ def run_stage(output_dir: str, name: str, stage: dict) -> dict:
     started = time.perf_counter()
     metrics = stage["recipe"].main(["--config", os.path.join(output_dir, f"{name}.yaml")])  # written by main()
     return {**metrics, "stage_seconds": round(time.perf_counter() - started, 1)}
-
-
-def stage_row(name: str, metrics: dict) -> dict:
-    """One stage's reported figures. The adapt stage's eval_accuracy is masked-token (or next-token) accuracy, so
-    it gets its own row, never to be read against the classifiers' accuracy."""
-    row = {key: metrics[key] for key in (*REPORTED, "train_runtime", "stage_seconds") if metrics.get(key) is not None}
-    if name == "adapt" and "eval_accuracy" in row:
-        row["eval_token_accuracy"] = row.pop("eval_accuracy")
-    return row
-
-
-def compare(results: dict[str, dict]) -> dict:
-    report = {name: stage_row(name, metrics) for name, metrics in results.items()}
-    if "baseline" in results:
-        report["gain"] = {
-            key: results["finetune"][key] - results["baseline"][key]
-            for key in REPORTED
-            if key in results["finetune"] and key in results["baseline"]
-        }
-    return report
-
-
-def write_report(output_dir: str, report: dict) -> None:
-    with open(os.path.join(output_dir, "comparison.json"), "w") as handle:
-        json.dump(report, handle, indent=2)
-    keys = sorted({key for stage in report.values() for key in stage})
-    lines = ["| | " + " | ".join(report) + " |", "|---" * (len(report) + 1) + "|"]
-    lines += [f"| {key} | " + " | ".join(_cell(report[name].get(key)) for name in report) + " |" for key in keys]
-    with open(os.path.join(output_dir, "comparison.md"), "w") as handle:
-        handle.write("# Adapted vs base model\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def _cell(value) -> str:
-    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

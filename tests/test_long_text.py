@@ -1,9 +1,12 @@
-"""Long texts: head_tail keeps a text's first and last tokens, windows reads it whole in overlapping windows whose
-logits are aggregated per document, in classify (its evaluation and test predictions) and in predict."""
+"""Long texts: head_tail keeps a text's first and last tokens; windows reads it in overlapping windows, in training
+each window an example with its document's label, in classify's evaluation and test predictions and in predict
+with the windows' logits aggregated per document."""
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import random
 
 import pytest
@@ -106,6 +109,77 @@ def test_the_window_collator_leaves_batches_that_fit_alone():
     assert long[WINDOW_DOCUMENT].tolist() == [0, 1, 1] and long["labels"].tolist() == [0, 1, 1]
 
 
+def test_the_train_split_is_read_as_windows_each_an_example_with_its_documents_labels(tmp_path):
+    """A 40-token document becomes its 9 windows (room 8, stride 4: 1 + ceil(32 / 4)), the very windows
+    document_windows cuts for evaluation, each with the document's label, multi-label list and regression value; a
+    short document stays one example; the test split keeps its documents whole. Trainer's length-grouped sampler
+    and the collator then hand every window to training once, with its label."""
+    long, short = text_of(40), text_of(5, offset=3)
+    columns = {"text": [long, short], "label": [1, 0], "tags": [[1.0, 0.0], [0.0, 1.0]], "score": [0.25, 0.75]}
+    splits = DatasetDict({"train": Dataset.from_dict(columns), "test": Dataset.from_dict(columns)})
+    data_args = DataArguments(train_file="(in memory)")
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=4)
+    long_text = LongText("windows", window_stride=4)
+    tokenized = tokenize_for_classification(splits, TOKENIZER, ["text"], 10, data_args, args, long_text)
+    train = tokenized["train"]
+
+    windows = document_windows([CLS, *token_ids(long), SEP], 1, 1, room=8, stride=4)
+    assert len(windows) == 9 and len(train) == 10
+    assert train["input_ids"] == [*windows, [CLS, *token_ids(short), SEP]]
+    assert train["label"] == [1] * 9 + [0]
+    assert train["tags"] == [[1.0, 0.0]] * 9 + [[0.0, 1.0]]
+    assert train["score"] == [0.25] * 9 + [0.75]
+    assert train["text"] == [long] * 9 + [short]
+    assert train["attention_mask"] == [[1] * len(ids) for ids in train["input_ids"]]
+    assert [len(ids) for ids in tokenized["test"]["input_ids"]] == [42, 7]  # whole, for WindowCollator
+
+    model = BertForSequenceClassification(tiny_bert_config(len(TOKENIZER), num_labels=2))
+    args.train_sampling_strategy = "group_by_length"
+    trainer = ClassificationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train.select_columns(["input_ids", "attention_mask", "token_type_ids", "label"]),
+        processing_class=TOKENIZER,
+        data_collator=WindowCollator(TOKENIZER, 10, long_text),
+    )
+    assert type(trainer._get_train_sampler()).__name__ == "LengthGroupedSampler"
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        assert WINDOW_DOCUMENT not in batch and batch["input_ids"].shape[1] <= 10
+        for ids, mask, label in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"]):
+            seen.append((tuple(ids[: sum(mask)]), int(label)))
+    expected = [(tuple(ids), 1) for ids in windows] + [(tuple([CLS, *token_ids(short), SEP]), 0)]
+    assert sorted(seen) == sorted(expected)
+
+
+def test_a_classify_run_in_windows_trains_on_the_windows_and_its_dry_run_counts_them(tiny_bert, tmp_path, capsys):
+    """An epoch of 24 documents (20 to 40 neutral words and 2 sentiment words each; room 14, stride 6) is as many
+    examples as they have windows: the dry run plans those, the log says so, and the run takes their steps."""
+    train = write_long_reviews(tmp_path / "train.csv", rows=24, seed=3)
+    windows = sum(
+        len(document_windows([CLS, *token_ids(row["text"]), SEP], 1, 1, room=14, stride=6)) for row in read_csv(train)
+    )
+    assert 3 * 24 <= windows <= 6 * 24
+    args = ["--model_name_or_path", tiny_bert, "--train_file", train, "--max_seq_length", "16"]
+    args += ["--long_text", "windows", "--window_stride", "6", "--validation_split_percentage", "0"]
+    args += ["--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3"]
+    args += ["--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
+    capsys.readouterr()
+    assert classify([*args, "--output_dir", str(tmp_path / "dry"), "--dry_run", "true"]) == {}
+    logged = capsys.readouterr().err  # the recipes log to stderr (transferkit.train.setup_logging)
+    assert f"dry run: train: {windows} examples" in logged
+    assert f"dry run: {-(-windows // 8)} optimizer steps ({-(-windows // 8)} per epoch" in logged
+    assert f"the train split's 24 documents are {windows} training windows" in logged
+
+    metrics = classify([*args, "--output_dir", str(tmp_path / "run")])
+    assert metrics["train_samples"] == windows
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == -(-windows // 8)
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == state["global_step"] and all(math.isfinite(loss) for loss in losses)
+    assert min(losses[-3:]) < losses[0]  # it learns: the sentiment words are in some windows only
+
+
 @pytest.mark.parametrize(
     ("long_text", "columns", "message"),
     [
@@ -139,8 +213,8 @@ def read_csv(path) -> list[dict]:
 
 
 def test_classify_evaluates_and_predicts_in_windows_and_predict_reads_them_the_same_way(tiny_bert, tmp_path):
-    """classify with long_text windows: training reads head and tail, evaluation and the test predictions one row
-    per document; predict, given no long-text option, reads the saved settings and gives the same probabilities;
+    """classify with long_text windows: training reads windows, evaluation and the test predictions one row per
+    document; predict, given no long-text option, reads the saved settings and gives the same probabilities;
     asked for truncate instead, other ones."""
     train = write_long_reviews(tmp_path / "train.csv", rows=48, seed=1)
     test = write_long_reviews(tmp_path / "test.csv", rows=9, seed=2)
@@ -150,7 +224,8 @@ def test_classify_evaluates_and_predicts_in_windows_and_predict_reads_them_the_s
     args += ["--max_seq_length", "16", "--long_text", "windows", "--window_stride", "6", "--save_strategy", "no"]
     args += ["--validation_split_percentage", "25", "--report_to", "none", "--disable_tqdm", "true"]
     metrics = classify(args)
-    assert metrics["test_samples"] == 9  # documents, not windows (each has 3 to 6)
+    assert 36 * 3 <= metrics["train_samples"] <= 36 * 6  # 36 training documents' windows (3 to 6 each)
+    assert metrics["test_samples"] == 9  # documents, not windows
     assert (metrics["eval_accuracy"] * 12) == pytest.approx(round(metrics["eval_accuracy"] * 12))  # of 12 documents
     expected = read_csv(output_dir / "predictions.csv")
     assert [row["text"] for row in expected] == [row["text"] for row in read_csv(test)]

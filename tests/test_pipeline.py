@@ -13,6 +13,7 @@ from transformers import AutoConfig, Trainer
 from transferkit.errors import TransferKitError
 from transferkit.recipes.pipeline import main
 
+STAGES = ("finetune", "baseline")
 STAGE_KEYS = {
     "max_steps": 4,
     "per_device_train_batch_size": 8,
@@ -48,6 +49,9 @@ def test_pipeline_chains_stages_and_compares(tiny_bert, reviews_csv, tmp_path):
     assert "eval_perplexity" in report["adapt"]
     assert json.loads((out / "comparison.json").read_text()) == report
     assert "| test_accuracy |" in (out / "comparison.md").read_text()
+    assert "on one seed: no interval can be given from one seed" in report["verdict"]
+    assert report["seeds"] == [3] and "over 32 test examples" in report["verdict"]  # seed 3's McNemar, bootstrap
+    assert set(report["per_seed_tests"]["3"]["mcnemar"]) == {"adapted_only_right", "base_only_right", "p_value"}
     assert "eval_accuracy" not in report["adapt"] and 0 <= report["adapt"]["eval_token_accuracy"] <= 1
     # the finetuned model's lineage runs base -> adapted
     lineage = AutoConfig.from_pretrained(out / "finetune").transferkit_lineage
@@ -63,6 +67,43 @@ def test_pipeline_chains_stages_and_compares(tiny_bert, reviews_csv, tmp_path):
     again = main(["--config", write_config(tmp_path, tiny_bert, reviews_csv)])  # finished stages are not rerun
     assert again["finetune"]["test_accuracy"] == report["finetune"]["test_accuracy"]
     assert "stage_seconds" not in again["finetune"]
+
+
+def test_two_seeds_run_both_classify_stages_on_one_split_and_the_report_pairs_them(
+    tiny_bert, reviews_csv, tmp_path, capsys
+):
+    """Few labels (max_train_samples) for finetuning, every train text for TAPT; adapt runs once, each classify
+    stage once per seed; the report's paired difference and McNemar counts are those of the per-seed files."""
+    few_labels = ["--classify.seeds", "1,2", "--classify.max_train_samples", "40"]
+    report = main(["--config", write_config(tmp_path, tiny_bert, reviews_csv), *few_labels])
+    out = tmp_path / "pipe"
+    assert not list((out / "adapt").glob("seed-*")) and (out / "adapt" / "model.safetensors").is_file()
+    per_seed = {stage: json.loads((out / stage / "all_results.json").read_text())["per_seed"] for stage in STAGES}
+    assert list(per_seed["finetune"]) == list(per_seed["baseline"]) == ["1", "2"] and report["seeds"] == [1, 2]
+
+    differences = [per_seed["finetune"][s]["test_accuracy"] - per_seed["baseline"][s]["test_accuracy"] for s in "12"]
+    paired = report["paired_over_seeds"]["test_accuracy"]
+    assert paired["n"] == 2 and paired["estimate"] == pytest.approx(sum(differences) / 2)
+    for seed in "12":
+        adapted, base = (_predictions(out / stage / f"seed-{seed}") for stage in STAGES)
+        assert [row[:2] for row in adapted] == [row[:2] for row in base]  # same examples, same order
+        counts = report["per_seed_tests"][seed]["mcnemar"]
+        assert counts["adapted_only_right"] == sum(a[1] == a[2] != b[2] for a, b in zip(adapted, base))
+        assert counts["base_only_right"] == sum(b[1] == b[2] != a[2] for a, b in zip(adapted, base))
+    assert adapted and [row[:2] for row in adapted] == [row[:2] for row in _predictions(out / "finetune" / "seed-1")]
+    # ^ seed 2's test rows are seed 1's: one split for every seed
+    assert report["verdict"].startswith("adaptation changed test accuracy by ") and "over 2 seeds" in report["verdict"]
+    assert (out / "comparison.md").read_text().startswith(f"# Adapted vs base model\n\n**{report['verdict']}**")
+    assert capsys.readouterr().out.rstrip().endswith(report["verdict"])  # the last line printed
+
+    # TAPT read every training text, not only the 40 labelled ones; no test text
+    corpus = [json.loads(line)["text"] for line in (out / "tapt_corpus.jsonl").read_text().splitlines()]
+    assert len(corpus) > 40 and not set(corpus) & {row[0] for row in adapted}
+
+
+def _predictions(folder) -> list[tuple[str, str, str]]:
+    with open(folder / "predictions.csv", newline="") as handle:
+        return [(row["text"], row["label"], row["predicted"]) for row in csv.DictReader(handle)]
 
 
 def test_overrides_and_bad_stage_key_fail_before_training(tiny_bert, reviews_csv, tmp_path):

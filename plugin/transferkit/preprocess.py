@@ -164,11 +164,12 @@ class LongText:
     - truncate: its first tokens (transformers' truncation);
     - head_tail: its first `head_tokens` and its last tokens, as many as fit (Sun et al. 2019); default head: a
       quarter of the room, their 128 of 510;
-    - windows: at evaluation and prediction, overlapping windows of max_seq_length tokens (special tokens
-      included), `window_stride` tokens between window starts (default: half the room), the last window ending at
-      the text's end; the model reads every window and the document's logits are their `window_aggregation` (mean
-      or max). Training reads head_tail: one example per document, as windows sharing a label would weight long
-      documents by their length and cost that many times the compute.
+    - windows: overlapping windows of max_seq_length tokens (special tokens included), `window_stride` tokens
+      between window starts (default: half the room), the last window ending at the text's end. At evaluation and
+      prediction the model reads every window and the document's logits are their `window_aggregation` (mean or
+      max). In training each window is an example of its own with its document's label, so the model learns from
+      every part of a document, read as evaluation reads it; the price: an epoch holds more examples than documents
+      (its steps grow with the windows), and a long document weighs as many examples as it has windows.
     """
 
     mode: str = TRUNCATE
@@ -221,11 +222,14 @@ class LongText:
 
     def tokenizing(self, max_length: int, tokenizer: PreTrainedTokenizerBase, training: bool) -> dict:
         """`_tokenize_batch`'s long-text arguments for one split (nothing for truncate, so its cache key is the
-        one it always had): the training split of a windows run reads head_tail."""
-        mode = HEAD_TAIL if self.mode == WINDOWS and training else self.mode
-        if mode == TRUNCATE:
+        one it always had). Windows: the training split is cut into its windows there, one row each; the other
+        splits keep their documents whole for `WindowCollator`, whose windows' logits are aggregated per document."""
+        if self.mode == TRUNCATE:
             return {}
-        return {"long_text": mode, "head_tokens": self.head(self.room(tokenizer, max_length))}
+        room = self.room(tokenizer, max_length)
+        if self.mode == HEAD_TAIL:
+            return {"long_text": HEAD_TAIL, "head_tokens": self.head(room)}
+        return {"long_text": WINDOWS, "window_stride": self.stride(room) if training else 0}
 
 
 def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
@@ -281,7 +285,8 @@ def tokenize_for_classification(
 
     The text columns stay in the dataset (Trainer drops them before collation) so predictions can be written next
     to the text they were made for. `long_text` says how a text longer than max_seq_length is read: truncated, its
-    head and tail, or (every split but train) whole, for `WindowCollator` to cut into windows (see `LongText`).
+    head and tail, or in windows: the train split's rows become their windows here (each with its document's
+    columns, the label among them), the other splits' stay whole for `WindowCollator` (see `LongText`).
     """
     long_text = long_text or LongText()
     long_text.check(tokenizer, len(text_columns), data_args.text_column_delimiter, max_seq_length)
@@ -304,7 +309,21 @@ def tokenize_for_classification(
                 new_fingerprint=map_fingerprint(split, _tokenize_batch, fn_kwargs),
                 desc="Tokenizing",
             )
+            if fn_kwargs.get("window_stride"):
+                log_training_windows(name, len(split), len(tokenized[name]))
         return DatasetDict(tokenized)
+
+
+def log_training_windows(name: str, documents: int, windows: int) -> None:
+    logger.info(
+        "long_text windows: the %s split's %d documents are %d training windows (%.1f a document), each an example "
+        "with its document's label: an epoch has that many examples, and a long document weighs as many as its "
+        "windows.",
+        name,
+        documents,
+        windows,
+        windows / max(documents, 1),
+    )
 
 
 def _tokenize_batch(
@@ -315,12 +334,15 @@ def _tokenize_batch(
     delimiter: str | None = None,
     long_text: str = TRUNCATE,
     head_tokens: int = 0,
+    window_stride: int = 0,
 ):
     """Tokenize one batch: a missing side of a text pair (None, as datasets reads an empty csv cell) is the empty
     text, so `[CLS] [SEP] review [SEP]`, never the word 'None' (data.drop_empty_texts keeps such rows). With a
     `delimiter` (text_column_delimiter), the columns' non-empty texts are joined into one, as run_classification.py
     joins them. `long_text` head_tail keeps the first `head_tokens` and the last tokens that fit; windows keeps
-    every token (the collator cuts the windows)."""
+    every token (the collator cuts the windows) or, given a `window_stride` (the training split), returns each
+    text's windows as rows of their own, every other column repeated (datasets' batched map may return more rows
+    than it was given, when every column has the new length)."""
     texts = [["" if text is None else str(text) for text in batch[column]] for column in text_columns]
     if delimiter is not None:
         texts = [[delimiter.join(part for part in row if part.strip()) for row in zip(*texts)]]
@@ -328,10 +350,22 @@ def _tokenize_batch(
         return tokenizer(*texts, truncation=True, max_length=max_seq_length)
     prefix, suffix = special_tokens_around(tokenizer)
     whole = tokenizer(texts[0], add_special_tokens=False, verbose=False)["input_ids"]
+    room = max_seq_length - len(prefix) - len(suffix)
     if long_text == HEAD_TAIL:
-        room = max_seq_length - len(prefix) - len(suffix)
         whole = [head_and_tail(ids, head_tokens, room - head_tokens) for ids in whole]
-    return encoded_single_texts(tokenizer, [prefix + ids + suffix for ids in whole])
+    encoded = [prefix + ids + suffix for ids in whole]
+    if not window_stride:
+        return encoded_single_texts(tokenizer, encoded)
+    cut = [document_windows(ids, len(prefix), len(suffix), room, window_stride) for ids in encoded]
+    rows = repeated(batch, [len(windows) for windows in cut])
+    return {**rows, **encoded_single_texts(tokenizer, [window for windows in cut for window in windows])}
+
+
+def repeated(batch: dict[str, list], counts: list[int]) -> dict[str, list]:
+    """Every column of `batch`, its row i repeated counts[i] times."""
+    return {
+        name: [value for value, count in zip(values, counts) for _ in range(count)] for name, values in batch.items()
+    }
 
 
 def map_fingerprint(dataset: Dataset, function: Callable, fn_kwargs: dict) -> str:

@@ -5,9 +5,10 @@
   quickstart's validation positions instead of 23% in random order), with `predict` returning its rows in the
   dataset's order. (Trainer's own `group_by_length` shuffles evaluation batches and does not restore the order:
   `predict(...).predictions[i]` is then not row i.) Training batches are Trainer's: `group_by_length` by default.
-  With `long_text: windows`, a row longer than max_seq_length reaches the model as overlapping windows
-  (`WindowCollator`) and `prediction_step` hands back one row of logits per document, the windows' mean or max: the
-  evaluation loop, the metrics and the order restored all stay per document.
+  With `long_text: windows`, an evaluation or test row longer than max_seq_length reaches the model as overlapping
+  windows (`WindowCollator`) and `prediction_step` hands back one row of logits per document, the windows' mean or
+  max: the evaluation loop, the metrics and the order restored all stay per document. (Training reads the same
+  windows as examples of their own, cut when the train split is tokenized.)
 - `MLMTrainer` (recipes/mlm.py): perplexity (exp of the loss) next to every evaluation loss.
 """
 
@@ -151,7 +152,8 @@ def aggregate_windows(logits: torch.Tensor, documents: torch.Tensor, how: str = 
 class WindowCollator:
     """DataCollatorWithPadding, but a batch holding a row longer than `max_length` (a document tokenized whole by
     `long_text: windows`) becomes its rows' windows (`preprocess.document_windows`), each with its document's label,
-    and WINDOW_DOCUMENT saying which row each window came from. Training rows fit, so they pass as they are."""
+    and WINDOW_DOCUMENT saying which row each window came from. Training rows are windows already (the train split
+    is cut by `preprocess.tokenize_for_classification`, one example a window), so they pass as they are."""
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, max_length: int, long_text: LongText, pad_to: int | None = None
