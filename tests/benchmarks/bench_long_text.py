@@ -290,9 +290,9 @@ def mean_table(report: dict) -> list[str]:
             if not found:  # a report written part-way
                 cells.append("-")
                 continue
-            seeds = ", ".join(f"{run['accuracy']:.3f} ({run['right']}/{test})" for run in found)
-            mean = statistics.mean(run["accuracy"] for run in found)
-            cells.append(f"**{mean:.3f}** ({seeds})")
+            each = " / ".join(f"{run['accuracy']:.3f}" for run in found)
+            right = " / ".join(str(run["right"]) for run in found)
+            cells.append(f"**{statistics.mean(run['accuracy'] for run in found):.3f}** ({each}: {right} of {test})")
         lines.append(f"| {training} | " + " | ".join(cells) + " |")
     return lines
 
@@ -311,7 +311,7 @@ def markdown(report: dict) -> str:
         f"{settings['head_warmup_share']:.0%} of the steps, precision {settings['precision']}, seeds "
         f"{', '.join(map(str, settings['seeds']))}.",
         "",
-        "Test accuracy, mean over seeds in bold, then each seed's (right of test):",
+        "Test accuracy: the mean over seeds in bold, then each seed's, and the documents each got right:",
         "",
         *mean_table(report),
         "",
