@@ -250,15 +250,16 @@ class ClassificationArguments:
         **with_help(
             "How a text longer than max_seq_length is read. truncate: its first tokens. head_tail: its first "
             "head_tokens and its last tokens, as many as fit (Sun et al. 2019: head 128 + tail 382 read IMDb best). "
-            "windows: evaluation and prediction read overlapping windows of max_seq_length tokens, window_stride "
-            "apart, and aggregate their logits per document (window_aggregation); training reads head_tail.",
+            "windows: overlapping windows of max_seq_length tokens, window_stride apart; in training each window is "
+            "an example with its document's label (an epoch holds more examples than documents); evaluation and "
+            "prediction aggregate their logits per document (window_aggregation).",
             choices=["truncate", "head_tail", "windows"],
         ),
     )
     head_tokens: int | None = field(
         default=None,
         **with_help(
-            "long_text head_tail (and windows' training): the first tokens kept; the rest of max_seq_length goes to "
+            "long_text head_tail: the first tokens kept; the rest of max_seq_length goes to "
             "the text's last tokens. Default: a quarter of the room (128 of 510, as Sun et al.).",
             range=at_least(0),
         ),
