@@ -42,7 +42,7 @@ from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import exit_on_user_error
 from transferkit.head_warmup import head_warmup
 from transferkit.labels import class_weights
-from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
+from transferkit.lora import LoraArguments, apply_lora, model_load_kwargs, save_lora_outputs
 from transferkit.metrics import build_compute_metrics, load_metric
 from transferkit.models import (
     check_tokenizer_fits,
@@ -123,11 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the new head's initial weights come from this seed
-    model = load_classifier(model_args, spec, **quantization_kwargs(lora_args, training_args))
+    model = load_classifier(model_args, spec, **model_load_kwargs(lora_args, training_args, data_args.preprocess_only))
     ensure_pad_token(tokenizer, model)
     check_tokenizer_fits(tokenizer, model, model_args)
-    if lora_args.use_peft:
-        model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model.config)
     long_text = LongText.of(cls_args)  # truncate, head_tail or windows (transferkit.preprocess.LongText)
     tokenized = tokenize_for_classification(
@@ -136,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.preprocess_only:  # the data is in the datasets cache: the training launch comes next
         report_preprocessed(tokenized, "classify", argv)
         return {}
+    if lora_args.use_peft:
+        model = apply_lora(model, lora_args, "classification", revision=model_args.model_revision)
     pad_to = max_seq_length if data_args.pad_to_max_length else None  # fixed shapes, for TPUs and compiled graphs
     training_args = without_evaluation_if_no_split(training_args, "validation" in tokenized)
     warmup = head_warmup(cls_args.head_warmup_steps, model)  # the head learns alone first: encoder lr 0

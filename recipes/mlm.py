@@ -43,7 +43,7 @@ from transferkit.distributed import check_requested_backend, fill_fsdp_layer_cla
 from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.head_warmup import head_warmup
-from transferkit.lora import LoraArguments, apply_lora, quantization_kwargs, save_lora_outputs
+from transferkit.lora import LoraArguments, apply_lora, model_load_kwargs, save_lora_outputs
 from transferkit.mlm_data import lm_collator, next_token_accuracy, tokenize_for_mlm
 from transferkit.models import (
     check_tokenizer_fits,
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         splits = apply_text_cleaning(splits, text_columns, text_args, data_args.preprocessing_num_workers)
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)
-    model = load_language_model(model_args, mlm_args.objective, **quantization_kwargs(lora_args, training_args))
+    model = load_language_model(
+        model_args, mlm_args.objective, **model_load_kwargs(lora_args, training_args, data_args.preprocess_only)
+    )
     clm = mlm_args.objective == "clm"
     if clm:
         ensure_pad_token(tokenizer, model, padding_side=None)  # decoders ship without one; CLMCollator pads right

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.test_preprocess_cache import arrow_files, count_calls
 from tests.tiny import REPO
@@ -104,6 +105,42 @@ def test_preprocess_only_needs_no_hub_and_names_the_recipes_own_arguments(
     assert main(recipe_args(tiny_bert, reviews_csv, tmp_path / "out", tmp_path / "cache", *push)) == {}
     (report,) = [message for message in messages if message.startswith("preprocess_only")]
     assert tiny_bert in report and "--hub_model_id someone/model" in report and "--preprocess_only true" not in report
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_preprocess_only_reads_no_weights_and_prepares_a_qlora_run_on_a_cpu(recipe, tiny_bert, reviews_csv, tmp_path):
+    """A CPU node preparing a GPU launch's data: the model's weights are never read (the folder here has none) and
+    a QLoRA config, which needs CUDA to train, still prepares its data."""
+    import importlib
+
+    main = importlib.import_module(RECIPES[recipe][0]).main
+    weightless = tmp_path / "weightless"
+    shutil.copytree(tiny_bert, weightless, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    qlora = ["--use_peft", "true", "--load_in_4bit", "true", *RECIPES[recipe][2]]
+    cache = tmp_path / "cache"
+    assert (
+        main(recipe_args(str(weightless), reviews_csv, tmp_path / "out", cache, *qlora, "--preprocess_only", "true"))
+        == {}
+    )
+    assert arrow_files(cache)  # tokenized into the cache
+    if not torch.cuda.is_available():  # and the training launch on this machine is refused, before any loading
+        with pytest.raises(TransferKitError, match="load_in_4bit \\(QLoRA\\) needs a CUDA GPU"):
+            main(recipe_args(str(weightless), reviews_csv, tmp_path / "out", cache, *qlora))
+
+
+def test_preprocess_only_with_seeds_names_the_users_command(tiny_bert, reviews_csv, tmp_path, monkeypatch):
+    """The seed loop prepares the data once through its first seed's run; the next command is still the user's
+    (their config, no seed folder), not that run's scratch config and options."""
+    from recipes.classify import main
+
+    messages: list[str] = []
+    monkeypatch.setattr(preprocess.logger, "info", lambda message, *args: messages.append(message % args))
+    config = tmp_path / "seeds.yaml"
+    config.write_text("seeds: [3, 4]\n")
+    argv = recipe_args(tiny_bert, reviews_csv, tmp_path / "out", tmp_path / "cache", "--config", str(config))
+    assert main([*argv, "--preprocess_only", "true"]) == {}
+    (report,) = [message for message in messages if message.startswith("preprocess_only")]
+    assert f"--config {config}" in report and "seed-3" not in report and "--split_seed" not in report
 
 
 def test_preprocess_only_refuses_a_stream(tiny_bert, reviews_csv, tmp_path):
@@ -201,23 +238,24 @@ CHILD_TIMEOUT_S = 4  # ddp_timeout of the child processes; rank 0 sleeps past it
 def run_child(model: str, good: str, bad: str, out: str) -> dict:
     """One rank: prepare the data as the classify recipe does, for a bad file, then a good one (counting rank's own
     strict passes and tokenizing calls), then wait at a barrier rank 0 does not reach in time."""
-    import datetime
     import importlib
 
     import torch.distributed
     from transformers import TrainingArguments
 
     from transferkit.arguments import DataArguments, ModelArguments
+    from transferkit.config import parse_config
     from transferkit.data import load_classification_splits
     from transferkit.models import load_tokenizer
     from transferkit.preprocess import main_process_first, tokenize_for_classification
 
-    # transformers passes ddp_timeout to the process group on GPUs only (TrainingArguments._setup_devices sets
-    # `timeout` outside its use_cpu branch): on the CPU the group is made here with it, and accelerate keeps it.
-    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=CHILD_TIMEOUT_S))
-    training_args = TrainingArguments(
-        output_dir=out, use_cpu=True, ddp_timeout=CHILD_TIMEOUT_S, report_to=[], save_on_each_node=False
+    # parsed as the recipes parse them: transformers alone would give this CPU group torch's 30-minute timeout
+    # (transferkit.distributed.cpu_process_group), and rank 1 would not give up within the test's time
+    (training_args,) = parse_config(
+        (TrainingArguments,),
+        ["--output_dir", out, "--use_cpu", "true", "--ddp_timeout", str(CHILD_TIMEOUT_S), "--report_to", "none"],
     )
+    assert torch.distributed.is_initialized() and not training_args.save_on_each_node
     rank, result = training_args.process_index, {}
     model_args = ModelArguments(model_name_or_path=model)
     tokenizer = load_tokenizer(model_args)

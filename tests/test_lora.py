@@ -32,6 +32,7 @@ from transferkit.lora import (
     LoraArguments,
     apply_lora,
     check_adapter_base,
+    check_quantization_runs,
     find_classification_head,
     label_kwargs,
     load_lora_model,
@@ -230,10 +231,11 @@ def test_lora_options_without_use_peft_are_an_error():
         LoraArguments(lora_r=8, merge_adapter=True)
 
 
-def test_qlora_on_cpu_is_an_error(monkeypatch):
+def test_qlora_on_cpu_is_an_error_when_the_run_starts_not_when_it_is_parsed(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    qlora = lora_args(load_in_4bit=True)  # a CPU node may still prepare the data of a QLoRA run (preprocess_only)
     with pytest.raises(TransferKitError, match="CUDA GPU and the bitsandbytes"):
-        lora_args(load_in_4bit=True)
+        check_quantization_runs(qlora)
 
 
 def test_the_merge_reads_the_saved_adapter_so_a_quantized_live_model_merges_too(tiny_bert, tokenizer, tmp_path):

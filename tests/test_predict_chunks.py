@@ -225,6 +225,31 @@ def test_chunks_of_one_table_agree_on_columns_types_and_integer_cells(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["chunks.csv", "chunks.jsonl", "one.csv", "one.jsonl", "typed.parquet"]
 
 
+def test_a_partial_file_a_killed_writer_left_goes_at_the_next_write(tmp_path):
+    """A kill leaves `.<name>.<pid>.partial`; the next writer of the same output removes it, unless its process is
+    still running (a live writer's file stays)."""
+    dead = _a_pid_not_running()
+    stale, live = tmp_path / f".out.csv.{dead}.partial", tmp_path / f".out.csv.{os.getppid()}.partial"
+    other = tmp_path / f".other.csv.{dead}.partial"
+    for path in (stale, live, other):
+        path.write_text("n\n1\n")
+    with TableWriter(str(tmp_path / "out.csv")) as writer:
+        writer.write(pa.table({"n": [2]}))
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "out.csv"])
+
+
+def _a_pid_not_running() -> int:
+    pid = 4_000_000  # above Linux's default pid_max; checked rather than assumed
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
 def test_the_chunks_metrics_add_up():
     chunks = [
         {

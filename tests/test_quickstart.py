@@ -79,6 +79,7 @@ def test_quickstart_runs_from_its_own_cache_and_leaves_the_users_cache_alone(
     flag = "--shared.cache_dir" if variant else "--cache_dir"
     cache_dir = command[command.index(flag) + 1]
     assert cache_dir == str(tmp_path / "tk" / "hub") and env["HF_HUB_OFFLINE"] == "1"
+    assert command.count("--output_dir") == 1 and command[command.index("--output_dir") + 1] == str(tmp_path / "out")
     assert not (tmp_path / "users-hf-home").exists()
     model = AutoModelForSequenceClassification.from_pretrained(quickstart.MODEL_ID, cache_dir=cache_dir, num_labels=2)
     assert model.config.num_labels == 2

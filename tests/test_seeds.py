@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 import recipes.classify as classify
 from recipes.mlm import main as mlm_main
 from tests.hub_server import hub_server_fixture  # noqa: F401 - provides the `hub_server` fixture
+from transferkit.arguments import ClassificationArguments
+from transferkit.config import parse_config
 from transferkit.errors import TransferKitError
 from transferkit.resume import is_finished
 from transferkit.seeds import read_predictions, seed_bootstrap, seed_run_argv
@@ -143,6 +145,23 @@ def test_seed_run_options_leave_out_the_seed_loop_keys(tmp_path):
     assert seed_run_argv(["--config", str(plain), "--seeds", "1", "2"], str(scratch)) == ["--config", str(plain)]
 
 
+def test_the_command_lines_seeds_win_over_the_config_files(tmp_path, caplog):
+    base = ["--model_name_or_path", "m", "--train_file", "a.csv", "--output_dir", str(tmp_path / "out")]
+    cases = (("num_seeds: 3", "--seeds", "4,5", "seeds", [4, 5]), ("seeds: [7, 8]", "--num_seeds", "2", "num_seeds", 2))
+    for line, flag, value, key, expected in cases:
+        config = tmp_path / f"{key}.yaml"
+        config.write_text(line + "\n")
+        parsed = parse_config(classify.ARGUMENT_TYPES, [*base, "--config", str(config), flag, value])
+        (cls_args,) = [args for args in parsed if isinstance(args, ClassificationArguments)]
+        other = "num_seeds" if key == "seeds" else "seeds"
+        assert getattr(cls_args, key) == expected and getattr(cls_args, other) is None
+        assert f"({config}), which has no effect" in caplog.text
+    both = tmp_path / "both.yaml"
+    both.write_text("num_seeds: 3\nseeds: [7, 8]\n")
+    with pytest.raises(TransferKitError, match="set one of them"):  # both in one file: which one was meant?
+        parse_config(classify.ARGUMENT_TYPES, [*base, "--config", str(both)])
+
+
 def test_read_predictions_skips_rows_not_predicted(tmp_path):
     single = tmp_path / "single.csv"
     single.write_text("text,label,predicted,prob_neg,prob_pos\na,pos,pos,0.1,0.9\n,neg,,,\nb,neg,pos,0.4,0.6\n")
@@ -170,6 +189,16 @@ def test_bad_seed_options_stop_before_anything_runs(extra, message, tmp_path):
     with pytest.raises(TransferKitError, match=message):
         classify.main(seed_args("no/such-model", "no-such.csv", out, *extra))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("left", ["pytorch_model.bin", "training_args.bin", "adapter_config.json", "checkpoint-4"])
+def test_seeds_refuse_an_output_dir_holding_a_single_run(left, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / left).mkdir() if left.startswith("checkpoint-") else (out / left).write_bytes(b"")
+    with pytest.raises(TransferKitError, match=f"holds a single run \\({left}\\)"):
+        classify.main(seed_args("no/such-model", "no-such.csv", out, "--seeds", "1,2"))
+    assert os.listdir(out) == [left]  # the aggregate would have been written over that run
 
 
 def test_the_mlm_recipe_does_not_take_seeds(tmp_path):

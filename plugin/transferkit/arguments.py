@@ -150,7 +150,10 @@ class DataArguments:
         ),
     )
     max_train_samples: int | None = field(
-        default=None, **with_help("Keep only this many training examples.", range=COUNT)
+        default=None,
+        **with_help(
+            "Keep only this many training examples (documents, before long_text windows cuts them).", range=COUNT
+        ),
     )
     max_eval_samples: int | None = field(
         default=None, **with_help("Keep only this many validation examples.", range=COUNT)
@@ -223,7 +226,8 @@ class ClassificationArguments:
     class_weights: list[str] | None = field(
         default=None,
         **with_help(
-            "Weight the loss per class: 'auto' (inverse frequency in train) or one number per label, in label order."
+            "Weight the loss per class: 'auto' (inverse frequency in train) or one number per label, in label order. "
+            "With long_text windows, 'auto' counts the training windows, as the loss does."
         ),
     )
     early_stopping_patience: int | None = field(

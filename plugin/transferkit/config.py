@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
+from transferkit.distributed import cpu_process_group
 from transferkit.errors import TransferKitError, as_user_error
 from transferkit.example_scripts import not_taken_message
 from transferkit.implied import COMMAND_LINE, settle
@@ -127,6 +128,8 @@ def settle_and_check(
 def _build(dtype: type, values: dict[str, Any]) -> Any:
     """One dataclass from the parsed values (as HfArgumentParser does); its own checks' ValueError is one line."""
     names = {field.name for field in dataclasses.fields(dtype) if field.init}
+    if issubclass(dtype, TrainingArguments):  # building it starts a launch's process group: on CPU, with ddp_timeout
+        cpu_process_group(values)
     with as_user_error(dtype.__name__):
         return dtype(**{key: value for key, value in values.items() if key in names})
 

@@ -12,6 +12,7 @@ one by one when the user did not, so that one fsdp.yaml fits every model.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from typing import Any
@@ -28,6 +29,24 @@ _TRUE = ("1", "true", "yes")
 
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def cpu_process_group(values: dict[str, Any]) -> None:
+    """Start a CPU launch's process group with the user's ddp_timeout, before TrainingArguments starts it without.
+
+    transformers passes ddp_timeout to the process group only off the CPU (TrainingArguments._setup_devices sets
+    `timeout` outside its use_cpu branch), so a CPU (gloo) launch would wait torch's default 30 minutes at every
+    barrier whatever ddp_timeout says. accelerate's PartialState made here first, with the timeout, starts the group
+    as it would have (its backend choice, its MPI and torchrun environments); TrainingArguments then finds the group
+    started and keeps it. Not launched (one process) or not on the CPU: nothing to do.
+    """
+    import torch.distributed
+    from accelerate import PartialState
+
+    if not (values.get("use_cpu") or _env_true("ACCELERATE_USE_CPU")) or torch.distributed.is_initialized():
+        return
+    timeout = datetime.timedelta(seconds=values.get("ddp_timeout") or 1800)
+    PartialState(cpu=True, backend=values.get("ddp_backend"), timeout=timeout)
 
 
 def fsdp_request(args: Any) -> str | None:

@@ -37,6 +37,7 @@ def settle(values: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
     _best_model_strategies(values, where)
     _phases(values, where)
     _precision(values, where)
+    _seed_loop(values, where)
     return values
 
 
@@ -144,6 +145,14 @@ def _no_split_for(percentage: str, phase: str, values: dict[str, Any], where: di
             values[phase] = True
             return
     values[percentage] = 0
+
+
+def _seed_loop(values: dict[str, Any], where: dict[str, str]) -> None:
+    """`seeds` and `num_seeds` both say which seeds to run: one from the command line wins over the YAML file's."""
+    if values.get("seeds") is None or values.get("num_seeds") is None or not {"seeds", "num_seeds"} <= set(where):
+        return  # one of them unset; or set by the recipe's defaults, which ClassificationArguments then refuses
+    loser = "num_seeds" if _winner("seeds", "num_seeds", values, where, "set one of them.") == "seeds" else "seeds"
+    values[loser] = None
 
 
 def _precision(values: dict[str, Any], where: dict[str, str]) -> None:

@@ -73,12 +73,24 @@ class LoraArguments:
         changed = [f.name for f in fields(self)[1:] if getattr(self, f.name) != f.default]  # all defaults are plain
         if changed and not self.use_peft:
             raise TransferKitError(f"{', '.join(changed)} only apply to LoRA: set use_peft: true, or remove them.")
-        # QLoRA's 4-bit layers are bitsandbytes' CUDA kernels: fail before loading anything where they cannot run.
-        if self.load_in_4bit and (not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None):
-            raise TransferKitError(
-                "load_in_4bit (QLoRA) needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes). "
-                "Without them, train plain LoRA: set load_in_4bit: false."
-            )
+
+
+def check_quantization_runs(args: LoraArguments | None) -> None:
+    """QLoRA's 4-bit layers are bitsandbytes' CUDA kernels: fail before loading anything where they cannot run
+    (called by train.start_run; not at parsing, so that a CPU node can still prepare a QLoRA run's data)."""
+    if args is None or not args.load_in_4bit:
+        return
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise TransferKitError(
+            "load_in_4bit (QLoRA) needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes). "
+            "Without them, train plain LoRA: set load_in_4bit: false."
+        )
+
+
+def model_load_kwargs(args: LoraArguments, training_args: TrainingArguments, preprocess_only: bool = False) -> dict:
+    """`from_pretrained` kwargs: none for preprocess_only (the data needs the model's config and embedding size,
+    not its weights: models.load_pretrained's without_weights), else QLoRA's (quantization_kwargs)."""
+    return {"without_weights": True} if preprocess_only else quantization_kwargs(args, training_args)
 
 
 def quantization_kwargs(args: LoraArguments, training_args: TrainingArguments) -> dict:

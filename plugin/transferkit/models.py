@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -70,12 +71,21 @@ def load_config(model_args: ModelArguments, **overrides) -> PretrainedConfig:
         raise _not_found("model config", model_args.model_name_or_path, err) from None
 
 
-def load_pretrained(auto_class, model_args: ModelArguments, config: PretrainedConfig, **load_kwargs) -> PreTrainedModel:
+def load_pretrained(
+    auto_class, model_args: ModelArguments, config: PretrainedConfig, without_weights: bool = False, **load_kwargs
+) -> PreTrainedModel:
     """`auto_class.from_pretrained`, safetensors only unless pickled weights are explicitly allowed; `load_kwargs`
     go to `from_pretrained` as they are (QLoRA's quantization_config and device_map).
 
     The weights the checkpoint lacked (a new head) are kept in `model.transferkit_missing_keys`.
+    `without_weights` (preprocess_only: a CPU node preparing data for a GPU launch) builds the model's layers on
+    the meta device from its config: its embedding table's size and config are checked, no weight is read.
     """
+    if without_weights:
+        with torch.device("meta"):
+            model = auto_class.from_config(config, trust_remote_code=model_args.trust_remote_code)
+        model.transferkit_missing_keys = []
+        return model
     try:
         model, info = auto_class.from_pretrained(
             model_args.model_name_or_path,

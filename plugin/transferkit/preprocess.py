@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,12 +116,28 @@ def timeout_message(training_args: TrainingArguments, desc: str, err: BaseExcept
     )
 
 
+# The user's own arguments, where a recipe runs itself with changed ones (one seed of several): the next command
+# the report prints is the user's, not the inner run's (a scratch config, one seed's folder).
+_users_argv: ContextVar[list[str] | None] = ContextVar("users_argv", default=None)
+
+
+@contextlib.contextmanager
+def reporting_users_argv(argv: list[str]) -> Iterator[None]:
+    """Inside this block, report_preprocessed names `argv` in the next command, whatever the recipe was given."""
+    token = _users_argv.set(list(argv))
+    try:
+        yield
+    finally:
+        _users_argv.reset(token)
+
+
 def report_preprocessed(splits: DatasetDict, recipe: str, argv: list[str] | None = None) -> None:
     """After preprocess_only: say where the cache is and how to launch the training that reads it (`argv`: the
     recipe's own arguments, sys.argv's by default)."""
     folders = sorted({os.path.dirname(entry["filename"]) for split in splits.values() for entry in split.cache_files})
     sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    argv = next_command(sys.argv[1:] if argv is None else list(argv))
+    argv = _users_argv.get() or (sys.argv[1:] if argv is None else list(argv))
+    argv = next_command(argv)
     logger.info(
         "preprocess_only: the data is checked and tokenized (%s examples) into the datasets cache at %s. Launch the "
         "training next, with the same data, model and preprocessing options and the same HF_DATASETS_CACHE (or "

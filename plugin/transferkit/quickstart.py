@@ -104,7 +104,8 @@ def run_quickstart(extra_args: list[str]) -> int:
     extra_args = extra_args[1:] if variant == "classify_lora" else extra_args
     reviews, cache_dir = prepare_offline()
     default_dir = "quickstart_lora" if variant == "classify_lora" else "quickstart"
-    output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", default_dir)
+    given_dir = _flag_value(extra_args, "--output_dir")
+    output_dir = given_dir or os.path.join("outputs", default_dir)
     command = [
         sys.executable,
         "-m",
@@ -113,8 +114,7 @@ def run_quickstart(extra_args: list[str]) -> int:
         quickstart_config(variant),
         "--train_file",
         reviews,
-        "--output_dir",
-        output_dir,
+        *([] if given_dir else ["--output_dir", output_dir]),  # a user's --output_dir comes with extra_args
         "--overwrite_output_dir",
         "true",
         "--cache_dir",
@@ -131,7 +131,7 @@ def run_quickstart(extra_args: list[str]) -> int:
 def run_quickstart_pipeline(extra_args: list[str]) -> int:
     """TAPT on the review texts, finetune the adapted model and the base model, and print the comparison."""
     reviews, cache_dir = prepare_offline()
-    output_dir = _flag_value(extra_args, "--output_dir") or os.path.join("outputs", "quickstart_pipeline")
+    given_dir = _flag_value(extra_args, "--output_dir")
     command = [
         sys.executable,
         "-m",
@@ -140,8 +140,7 @@ def run_quickstart_pipeline(extra_args: list[str]) -> int:
         quickstart_config("pipeline"),
         "--classify.train_file",
         reviews,
-        "--output_dir",
-        output_dir,
+        *([] if given_dir else ["--output_dir", os.path.join("outputs", "quickstart_pipeline")]),
         "--shared.cache_dir",
         cache_dir,
         *extra_args,

@@ -39,6 +39,7 @@ from transferkit.errors import TransferKitError
 from transferkit.hub import MERGED_DIR
 from transferkit.labels import MULTI, REGRESSION, SINGLE
 from transferkit.model_card import add_card_section
+from transferkit.preprocess import reporting_users_argv
 from transferkit.publish import PushTarget, prepare_push, publish
 from transferkit.resume import FINISHED_MARKER, RESUME_AUTO, is_finished, mark_finished
 
@@ -55,6 +56,9 @@ BOOTSTRAP_METRICS: dict[str, dict[str, evidence.Metric]] = {
 }
 # The aggregate's own keys, and the speed and count figures that summary.md and the card leave to all_results.json
 NOT_IN_TABLES = ("_std", "_ci95_low", "_ci95_high", "_runtime", "_per_second", "_seconds", "_samples", "_predicted")
+# What a single run (not a seed loop) leaves in its output_dir: every save writes training_args.bin, with a model
+# (config.json) or an adapter (adapter_config.json)
+SINGLE_RUN_FILES = ("training_args.bin", "config.json", "adapter_config.json", "model.safetensors", "pytorch_model.bin")
 # Keys a single seed's run must not see: the seed loop's own, and the merged repo (no seed pushes on its own)
 SEED_LOOP_KEYS = ("seeds", "num_seeds", "hub_merged_model_id")
 
@@ -93,10 +97,11 @@ def run_seeds(
     with tempfile.TemporaryDirectory() as scratch:  # per process: each writes its own copy of the config
         base = seed_run_argv(argv, scratch)
         if run_args.dry_run or data_args.preprocess_only:  # the same plan and data for every seed: once is enough
-            return main(one_seed_argv(base, seeds[0], output_dir, split))
+            with reporting_users_argv(argv):  # preprocess_only's next command: the user's, not the first seed's
+                return main(one_seed_argv(base, seeds[0], output_dir, split))
         todo = [seed for seed in seeds if run_args.overwrite_output_dir or not is_finished(seed_dir(output_dir, seed))]
         if training_args.should_log:
-            _log_plan(seeds, todo, split, output_dir)
+            _log_plan(seeds, todo, split, output_dir, push)
         if todo and training_args.should_save and os.path.isfile(os.path.join(output_dir, FINISHED_MARKER)):
             os.remove(os.path.join(output_dir, FINISHED_MARKER))  # finished again only when every seed is
         for seed in todo:
@@ -156,7 +161,7 @@ def _check_output_dir(output_dir: str, resume_from_checkpoint: str | None) -> No
             "last checkpoint. Leave resume_from_checkpoint unset (or auto)."
         )
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
-    single = [name for name in names if name.startswith("checkpoint-") or name.endswith(".safetensors")]
+    single = [name for name in names if name.startswith("checkpoint-") or name in SINGLE_RUN_FILES]
     if single:
         raise TransferKitError(
             f"output_dir {output_dir} holds a single run ({', '.join(sorted(single))}); the seeds' runs go into "
@@ -164,7 +169,7 @@ def _check_output_dir(output_dir: str, resume_from_checkpoint: str | None) -> No
         )
 
 
-def _log_plan(seeds: list[int], todo: list[int], split: int, output_dir: str) -> None:
+def _log_plan(seeds: list[int], todo: list[int], split: int, output_dir: str, push: PushTarget | None) -> None:
     done = [seed for seed in seeds if seed not in todo]
     logger.warning(
         "%d seeds %s on the split of split_seed %d, in %s/seed-<n>%s.",
@@ -174,6 +179,14 @@ def _log_plan(seeds: list[int], todo: list[int], split: int, output_dir: str) ->
         output_dir,
         f"; already finished, not run again: {done}" if done else "",
     )
+    if push is not None and push.strategy != "end":  # each seed runs with push_to_hub off (one_seed_argv)
+        logger.warning(
+            "hub_strategy %s is not used with seeds: no checkpoint is pushed while the seeds train; seed %d's model "
+            "is pushed to %s once, after every seed has finished.",
+            push.strategy,
+            seeds[0],
+            push.repo_id,
+        )
 
 
 # -- the aggregate ----------------------------------------------------------------------------------------------------

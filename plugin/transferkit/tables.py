@@ -106,11 +106,34 @@ class TableWriter:
 
     def _open(self, schema: pa.Schema) -> None:
         os.makedirs(os.path.dirname(self.temporary), exist_ok=True)
+        remove_killed_writers_files(self.path)
         if self.extension == ".parquet":
             self.schema = self.schema or schema
             self._handle = pq.ParquetWriter(self.temporary, self.schema)
         else:
             self._handle = open(self.temporary, "w", newline="", encoding="utf-8")
+
+
+def remove_killed_writers_files(path: str) -> None:
+    """The temporary files (`.<name>.<pid>.partial`) that writers of `path` killed mid-way left: a kill skips
+    `discard`. A file whose writer's process still runs on this machine stays."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for entry in os.listdir(folder):
+        pid = entry.removeprefix(f".{name}.").removesuffix(".partial")
+        if entry.startswith(f".{name}.") and entry.endswith(".partial") and pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, entry))
+            logger.info("Removed %s, left by a writer of %s that was killed.", entry, path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def as_text(table: pa.Table, extension: str, first_row: int) -> str:

@@ -19,6 +19,7 @@ from transformers.trainer_utils import IntervalStrategy
 from transferkit.arguments import RunArguments
 from transferkit.distributed import check_requested_backend
 from transferkit.errors import TransferKitError, as_user_error
+from transferkit.lora import check_quantization_runs
 from transferkit.publish import PushTarget, checkpoint_push_callbacks, prepare_push
 from transferkit.reliability import check_output_dir_writable, exit_if_preempted, install_preemption_handler
 from transferkit.resume import (
@@ -173,6 +174,7 @@ def start_run(
     setup_logging(training_args)
     if preprocess_only:
         return training_args, StartPoint(), None
+    check_quantization_runs(lora_args)
     check_requested_backend(training_args, recipe=recipe)
     check_output_dir_writable(training_args.output_dir, run_args.min_free_disk_gb)
     start = resolve_start(training_args, run_args.overwrite_output_dir)

@@ -132,7 +132,7 @@ def _build_dataclasses(types: tuple, values: dict[str, Any], notes: list[str], p
         for dtype in types:
             kwargs = {f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values}
             try:
-                dtype(**kwargs)
+                _note_gpu_only(dtype(**kwargs), notes)
             except ImportError as err:
                 notes.append(f"{dtype.__name__} not fully checked: {err}")
             except (ValueError, TypeError) as err:
@@ -148,13 +148,23 @@ def _build_dataclasses(types: tuple, values: dict[str, Any], notes: list[str], p
 
 
 def _as_if_on_a_gpu(error: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """What lets a GPU config's dataclass be built on a machine without CUDA (or bitsandbytes), when that is all
-    its error is about: use_cpu for bf16/fp16, QLoRA's 4-bit loading off."""
+    """What lets a GPU config's dataclass be built on a machine without CUDA, when that is all its error is about:
+    use_cpu for bf16/fp16."""
     if "use_cpu" in error and not kwargs.get("use_cpu") and not gpu_available():
         return {"use_cpu": True}
-    if error.startswith("load_in_4bit (QLoRA) needs a CUDA GPU") and kwargs.get("load_in_4bit"):
-        return {"load_in_4bit": False}
     return None
+
+
+def _note_gpu_only(built: Any, notes: list[str]) -> None:
+    """QLoRA is refused where it cannot run when a run starts (train.start_run), not when its options are built:
+    here, on a machine without CUDA or bitsandbytes, it is noted."""
+    from transferkit.lora import LoraArguments, check_quantization_runs
+
+    if isinstance(built, LoraArguments):
+        try:
+            check_quantization_runs(built)
+        except TransferKitError as err:
+            notes.append(f"checked as if on a GPU ({str(err).splitlines()[0]})")
 
 
 def _build_one(dtype: type, kwargs: dict[str, Any], path: Path) -> None:
