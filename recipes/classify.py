@@ -13,8 +13,9 @@ Supports:
   and test predictions the windows' logits averaged or maxed per document;
 - outputs in `output_dir`: model + tokenizer (safetensors), all_results.json, test predictions CSV, confusion
   matrix and training-curve PNGs, a model card, transferkit_text.json (how the texts were read, for predict);
-- several seeds (`seeds`, `num_seeds`) on one split, with their mean and 95% intervals (transferkit.seeds), and an
-  Optuna search on validation (`hp_search`) whose best config is retrained and tested once (transferkit.search).
+- several seeds (`seeds`, `num_seeds`) on one split, with their mean and 95% intervals (transferkit.evidence.seeds),
+  and an Optuna search on validation (`hp_search`) whose best config is retrained and tested once
+  (transferkit.evidence.search).
 
 Fails before training, with one message naming the thing and the fix, on: a missing file or unknown format, a
 text or label column that does not exist, an empty split, rows without a label, a validation/test label that
@@ -36,10 +37,13 @@ from transformers import TrainingArguments, set_seed
 
 from transferkit.arguments import ClassificationArguments, DataArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
-from transferkit.data import load_classification_splits
+from transferkit.data import data_split_seed, load_classification_splits
 from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes
 from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import exit_on_user_error
+from transferkit.evidence.search import ClassifierInit, search_then_retrain, without_seed_loop
+from transferkit.evidence.search_space import SearchArguments
+from transferkit.evidence.seeds import run_seeds
 from transferkit.head_warmup import head_warmup
 from transferkit.labels import class_weights
 from transferkit.lora import LoraArguments, apply_lora, model_load_kwargs, save_lora_outputs
@@ -55,9 +59,6 @@ from transferkit.predict import save_text_settings
 from transferkit.preprocess import LongText, main_process_first, report_preprocessed, tokenize_for_classification
 from transferkit.publish import finish_run
 from transferkit.reports import predict_and_report
-from transferkit.search import ClassifierInit, search_then_retrain, without_seed_loop
-from transferkit.search_space import SearchArguments
-from transferkit.seeds import data_split_seed, run_seeds
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback
 from transferkit.train import (
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if run_args.dry_run:
         print_plan(plan_run(trainer, tokenized))
         return {}
-    if search_args.plan:  # Optuna trials on validation, best.yaml, then this recipe on it (transferkit.search)
+    if search_args.plan:  # Optuna trials on validation, best.yaml, then this recipe on it (transferkit.evidence.search)
         model_init = ClassifierInit(model_args, spec, lora_args)  # the classifier as built above, once per trial
         return search_then_retrain(trainer, search_args.plan, model_init, start, main, argv, ARGUMENT_TYPES)
     metrics = train_and_save(trainer, start, push, run_args.preemption_check_steps)

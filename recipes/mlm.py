@@ -38,7 +38,7 @@ from transformers import TrainingArguments, set_seed
 
 from transferkit.arguments import DataArguments, MLMArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
-from transferkit.data import load_corpus_splits
+from transferkit.data import data_split_seed, load_corpus_splits
 from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes
 from transferkit.dry_run import plan_run, print_plan
 from transferkit.errors import TransferKitError, exit_on_user_error
@@ -54,7 +54,6 @@ from transferkit.models import (
 )
 from transferkit.preprocess import main_process_first, report_preprocessed
 from transferkit.publish import finish_run
-from transferkit.seeds import data_split_seed
 from transferkit.sparse_mlm import enable_sparse_mlm_head, masked_token_accuracy, preprocess_logits_for_metrics
 from transferkit.text import TextCleaningArguments, apply_text_cleaning
 from transferkit.throughput import ThroughputCallback

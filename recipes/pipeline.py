@@ -19,7 +19,7 @@ leaves out of finetuning are: few labels and plenty of unlabelled text is where 
 "Don't Stop Pretraining", ACL 2020). DAPT: give `adapt` its own train_file or dataset. `seeds` / `num_seeds` in
 `classify` run both classify stages on those seeds and one split; the adapt stage runs once. comparison.md / .json:
 each test metric's difference adapted - base with its 95% interval paired by seed, McNemar and a paired bootstrap
-over each seed's test examples, and a one-sentence verdict (transferkit.comparison).
+over each seed's test examples, and a one-sentence verdict (transferkit.evidence.comparison).
 A LoRA adapt stage (`adapt: {use_peft: true}`) is merged into a full model (adapt/merged), which stage 2 finetunes.
 Under `accelerate launch` one process writes the stage configs, the TAPT corpus and the report; the others wait.
 Each stage writes its resolved config as <output_dir>/<stage>.yaml. A rerun skips finished stages (run_finished.json)
@@ -50,10 +50,10 @@ import yaml
 from accelerate import PartialState
 
 from transferkit.arguments import DataArguments, ModelArguments
-from transferkit.comparison import compare, console_summary, stage_row, write_report
 from transferkit.config import parse_config, parse_overrides
 from transferkit.data import load_classification_splits
 from transferkit.errors import TransferKitError, exit_on_user_error
+from transferkit.evidence.comparison import compare, console_summary, stage_row, write_report
 from transferkit.recipes import classify, mlm
 from transferkit.resume import is_finished
 

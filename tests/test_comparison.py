@@ -1,5 +1,6 @@
-"""The pipeline's paired report (transferkit.comparison) on hand-built stage folders with known differences: the
-mean difference and its interval over seeds against the hand formula, McNemar's counts, the verdict sentence."""
+"""The pipeline's paired report (transferkit.evidence.comparison) on hand-built stage folders with known
+differences: the mean difference and its interval over seeds against the hand formula, McNemar's counts, the
+verdict sentence."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import math
 
 import pytest
 
-from transferkit.comparison import compare, write_report
 from transferkit.errors import TransferKitError
+from transferkit.evidence.comparison import compare, write_report
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (3 seeds), from a t table
 # Per seed: (both right, adapted only right, base only right, both wrong) over 20 test examples

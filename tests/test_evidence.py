@@ -1,4 +1,4 @@
-"""transferkit.evidence against hand computations: the Student-t interval over seeds, the bootstrap over test
+"""transferkit.evidence.stats against hand computations: the Student-t interval over seeds, the bootstrap over test
 examples, the exact McNemar test, the label metrics (against sklearn) and the verdict's sentences."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from transferkit.errors import TransferKitError
-from transferkit.evidence import (
+from transferkit.evidence.stats import (
     METRICS_FROM_LABELS,
     Interval,
     accuracy,

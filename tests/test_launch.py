@@ -226,7 +226,8 @@ def test_validate_names_the_hub_ids_it_leaves_to_the_launch(tmp_path, tiny_bert)
 
 @pytest.mark.slow
 def test_wheel_ships_every_recipe_and_accelerate_config(tmp_path):
-    """package-data: a wheel built from the sources (copied: the build writes next to them) holds every config."""
+    """package-data: a wheel built from the sources (copied: the build writes next to them) holds every config and
+    every module."""
     import shutil
     import zipfile
 
@@ -245,6 +246,9 @@ def test_wheel_ships_every_recipe_and_accelerate_config(tmp_path):
         assert f"transferkit/recipes/configs/{path.parent.name}/{path.name}" in names
     for path in ACCELERATE_YAMLS:
         assert f"transferkit/accelerate_configs/{path.name}" in names
+    package = REPO / "plugin" / "transferkit"  # every module of every subpackage (pyproject lists the packages)
+    for path in package.rglob("*.py"):
+        assert f"transferkit/{path.relative_to(package).as_posix()}" in names, path
 
 
 def test_run_refuses_a_gpu_config_without_gpus(monkeypatch, capsys):

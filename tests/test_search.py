@@ -16,8 +16,8 @@ from recipes import classify
 from tests.tiny import launch_two_processes
 from transferkit.config import parse_config
 from transferkit.errors import TransferKitError
+from transferkit.evidence.search import BEST_CONFIG, SEARCH_DIR, TRIALS_FILE, TrialObjective
 from transferkit.head_warmup import HeadWarmupCallback
-from transferkit.search import BEST_CONFIG, SEARCH_DIR, TRIALS_FILE, TrialObjective
 from transferkit.trainers import ClassificationTrainer
 
 SPACE = {

@@ -20,8 +20,8 @@ from tests.hub_server import hub_server_fixture  # noqa: F401 - provides the `hu
 from transferkit.arguments import ClassificationArguments
 from transferkit.config import parse_config
 from transferkit.errors import TransferKitError
+from transferkit.evidence.seeds import read_predictions, seed_bootstrap, seed_run_argv
 from transferkit.resume import is_finished
-from transferkit.seeds import read_predictions, seed_bootstrap, seed_run_argv
 
 T_975_2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom
 SEEDS = (1, 2, 3)

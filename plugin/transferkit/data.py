@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDatasetDict, concatenate_datasets, load_dataset
 
@@ -27,6 +28,9 @@ from transferkit.labels import (
     has_text,
     infer_label_spec,
 )
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +352,11 @@ def drop_duplicate_texts(dataset: Dataset, text_columns: list[str]) -> Dataset:
     if dropped:
         logger.info("drop_duplicates: removed %d repeated texts, %d rows left.", dropped, len(keep))
     return dataset.select(keep)
+
+
+def data_split_seed(data_args: DataArguments, training_args: TrainingArguments) -> int:
+    """The seed of the validation/test split carved from train: split_seed, else the run's seed."""
+    return training_args.seed if data_args.split_seed is None else data_args.split_seed
 
 
 def carve_splits(raw: DatasetDict, data_args: DataArguments, seed: int, stratify_column: str | None) -> DatasetDict:

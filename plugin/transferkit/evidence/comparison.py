@@ -21,7 +21,7 @@ from dataclasses import asdict
 import numpy as np
 
 from transferkit.errors import TransferKitError
-from transferkit.evidence import (
+from transferkit.evidence.stats import (
     METRICS_FROM_LABELS,
     Interval,
     mcnemar,

@@ -32,10 +32,11 @@ import yaml
 from accelerate import PartialState
 from transformers import TrainingArguments
 
-from transferkit import evidence
 from transferkit.arguments import ClassificationArguments, DataArguments, RunArguments
 from transferkit.config import config_file
+from transferkit.data import data_split_seed
 from transferkit.errors import TransferKitError
+from transferkit.evidence import stats
 from transferkit.hub import MERGED_DIR
 from transferkit.labels import MULTI, REGRESSION, SINGLE
 from transferkit.model_card import add_card_section
@@ -49,10 +50,10 @@ BOOTSTRAP_FILE = "bootstrap.json"
 AGGREGATED_PREFIXES = ("test_", "eval_", "train_")  # in this order in summary.md
 N_RESAMPLES = 1000
 # What each seed's predictions.csv is bootstrapped for, by problem type: the headline figures of the bundled modules
-BOOTSTRAP_METRICS: dict[str, dict[str, evidence.Metric]] = {
-    SINGLE: {"accuracy": evidence.accuracy, "f1_macro": evidence.f1_macro},
-    MULTI: {"accuracy": evidence.subset_accuracy, "f1_micro": evidence.f1_micro_multi_label},
-    REGRESSION: {"mse": evidence.mean_squared_error},
+BOOTSTRAP_METRICS: dict[str, dict[str, stats.Metric]] = {
+    SINGLE: {"accuracy": stats.accuracy, "f1_macro": stats.f1_macro},
+    MULTI: {"accuracy": stats.subset_accuracy, "f1_micro": stats.f1_micro_multi_label},
+    REGRESSION: {"mse": stats.mean_squared_error},
 }
 # The aggregate's own keys, and the speed and count figures that summary.md and the card leave to all_results.json
 NOT_IN_TABLES = ("_std", "_ci95_low", "_ci95_high", "_runtime", "_per_second", "_seconds", "_samples", "_predicted")
@@ -68,11 +69,6 @@ def seed_list(cls_args: ClassificationArguments, training_args: TrainingArgument
     if cls_args.seeds:
         return list(cls_args.seeds)
     return [training_args.seed + offset for offset in range(cls_args.num_seeds or 1)]
-
-
-def data_split_seed(data_args: DataArguments, training_args: TrainingArguments) -> int:
-    """The seed of the validation/test split carved from train: split_seed, else the run's seed."""
-    return training_args.seed if data_args.split_seed is None else data_args.split_seed
 
 
 def seed_dir(output_dir: str, seed: int) -> str:
@@ -214,7 +210,7 @@ def aggregate_metrics(per_seed: dict[int, dict]) -> dict:
     keys = {key for metrics in per_seed.values() for key, value in metrics.items() if _is_metric(key, value)}
     aggregate = {}
     for key in sorted(keys, key=_metric_order):
-        interval = evidence.seed_interval([m[key] for m in per_seed.values() if _is_metric(key, m.get(key))])
+        interval = stats.seed_interval([m[key] for m in per_seed.values() if _is_metric(key, m.get(key))])
         aggregate.update({key: interval.estimate, f"{key}_std": interval.std})
         aggregate.update({f"{key}_ci95_low": interval.low, f"{key}_ci95_high": interval.high})
     return {**aggregate, "num_seeds": len(per_seed), "seeds": list(per_seed)}
@@ -238,7 +234,7 @@ def seed_bootstrap(folder: str) -> dict[str, float]:
         return {}
     figures: dict[str, float] = {"test_examples": len(gold)}
     for name, metric in BOOTSTRAP_METRICS[problem_type].items():
-        interval = evidence.bootstrap_interval(gold, predicted, metric, n_resamples=N_RESAMPLES, seed=0)
+        interval = stats.bootstrap_interval(gold, predicted, metric, n_resamples=N_RESAMPLES, seed=0)
         figures[f"test_{name}"] = interval.estimate
         figures[f"test_{name}_bootstrap95_low"] = interval.low
         figures[f"test_{name}_bootstrap95_high"] = interval.high

@@ -13,7 +13,7 @@ the config is read (so `transferkit validate` and a bad range fail before anythi
         head_warmup_steps: {low: 0, high: 400, step: 100}
 
 Each range stays inside the option's own range (transferkit.ranges), in the values Optuna's `suggest_*` take. The
-search itself is transferkit.search.
+search itself is transferkit.evidence.search.
 """
 
 from __future__ import annotations

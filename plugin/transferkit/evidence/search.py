@@ -1,7 +1,7 @@
 """Hyperparameter search for the classify recipe: Optuna trials through transformers' `Trainer.hyperparameter_search`
 on the recipe's own Trainer, data and metrics, judged on the validation split; then the best config, written as a
 YAML that runs as it is, retrained by the recipe (on each seed it asks for) and tested once. The options: the
-`hp_search` mapping of transferkit.search_space.
+`hp_search` mapping of transferkit.evidence.search_space.
 
 Each trial builds the classifier as the recipe does (`model_init`), trains with the config's other settings, and
 evaluates on validation only; it keeps no checkpoints, except those `load_best_model_at_end` needs while it runs.
@@ -43,10 +43,10 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 
 from transferkit.arguments import ClassificationArguments
 from transferkit.errors import TransferKitError
+from transferkit.evidence.search_space import NOT_TRAINING_ARGUMENTS, SearchPlan, eval_key
 from transferkit.head_warmup import HeadWarmupCallback, head_warmup
 from transferkit.metrics import BEST_MODEL_METRIC
 from transferkit.resume import RESUME_AUTO, StartPoint, clear_earlier_run
-from transferkit.search_space import NOT_TRAINING_ARGUMENTS, SearchPlan, eval_key
 from transferkit.train import with_arguments
 
 logger = logging.getLogger(__name__)
