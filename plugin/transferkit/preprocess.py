@@ -303,7 +303,8 @@ def tokenize_for_classification(
     The text columns stay in the dataset (Trainer drops them before collation) so predictions can be written next
     to the text they were made for. `long_text` says how a text longer than max_seq_length is read: truncated, its
     head and tail, or in windows: the train split's rows become their windows here (each with its document's
-    columns, the label among them), the other splits' stay whole for `WindowCollator` (see `LongText`).
+    columns but the texts, which training does not read, the label among them), the other splits' stay whole for
+    `WindowCollator` (see `LongText`).
     """
     long_text = long_text or LongText()
     long_text.check(tokenizer, len(text_columns), data_args.text_column_delimiter, max_seq_length)
@@ -317,16 +318,18 @@ def tokenize_for_classification(
                 "delimiter": data_args.text_column_delimiter,
                 **long_text.tokenizing(max_seq_length, tokenizer, training=name == "train"),
             }
+            windows = bool(fn_kwargs.get("window_stride"))  # the text is not repeated on each of its windows
             tokenized[name] = split.map(
                 _tokenize_batch,
                 batched=True,
+                remove_columns=text_columns if windows else None,
                 num_proc=map_workers(data_args.preprocessing_num_workers, len(split)),
                 load_from_cache_file=not data_args.overwrite_cache,
                 fn_kwargs=fn_kwargs,
                 new_fingerprint=map_fingerprint(split, _tokenize_batch, fn_kwargs),
                 desc="Tokenizing",
             )
-            if fn_kwargs.get("window_stride"):
+            if windows:
                 log_training_windows(name, len(split), len(tokenized[name]))
         return DatasetDict(tokenized)
 
@@ -358,8 +361,9 @@ def _tokenize_batch(
     `delimiter` (text_column_delimiter), the columns' non-empty texts are joined into one, as run_classification.py
     joins them. `long_text` head_tail keeps the first `head_tokens` and the last tokens that fit; windows keeps
     every token (the collator cuts the windows) or, given a `window_stride` (the training split), returns each
-    text's windows as rows of their own, every other column repeated (datasets' batched map may return more rows
-    than it was given, when every column has the new length)."""
+    text's windows as rows of their own, every column but the texts repeated (datasets' batched map may return more
+    rows than it was given when every column it keeps has the new length: the map removes the text columns, which
+    training does not read, and which a long document would otherwise store once per window)."""
     texts = [["" if text is None else str(text) for text in batch[column]] for column in text_columns]
     if delimiter is not None:
         texts = [[delimiter.join(part for part in row if part.strip()) for row in zip(*texts)]]
@@ -374,7 +378,8 @@ def _tokenize_batch(
     if not window_stride:
         return encoded_single_texts(tokenizer, encoded)
     cut = [document_windows(ids, len(prefix), len(suffix), room, window_stride) for ids in encoded]
-    rows = repeated(batch, [len(windows) for windows in cut])
+    kept = {name: values for name, values in batch.items() if name not in text_columns}
+    rows = repeated(kept, [len(windows) for windows in cut])
     return {**rows, **encoded_single_texts(tokenizer, [window for windows in cut for window in windows])}
 
 
