@@ -54,6 +54,7 @@ from transferkit.config import parse_config, parse_overrides
 from transferkit.data import load_classification_splits
 from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.evidence.comparison import compare, console_summary, stage_row, write_report
+from transferkit.lora import LoraArguments, check_quantization_runs
 from transferkit.recipes import classify, mlm
 from transferkit.resume import is_finished
 
@@ -104,6 +105,8 @@ def check_stages(stages: dict[str, dict]):
                          config_label=f"the pipeline's {name} stage (its config section or --{name}.* flags)")
             for name, stage in stages.items()
         ]  # fmt: skip
+    for options in parsed:  # a stage that cannot train here stops the pipeline before the first stage trains
+        check_quantization_runs(next((o for o in options if isinstance(o, LoraArguments)), None))
     return parsed[0][-1]
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import AutoConfig, Trainer
 
@@ -113,6 +114,10 @@ def test_overrides_and_bad_stage_key_fail_before_training(tiny_bert, reviews_csv
     assert not (tmp_path / "pipe" / "adapt" / "model.safetensors").exists()
     with pytest.raises(TransferKitError, match="Unknown pipeline key 'stages'"):
         main(["--config", config, "--stages", "2"])
+    if not torch.cuda.is_available():  # a finetune stage that cannot train here stops the pipeline before adapt
+        with pytest.raises(TransferKitError, match="load_in_4bit \\(QLoRA\\) needs a CUDA GPU"):
+            main(["--config", config, "--classify.use_peft", "true", "--classify.load_in_4bit", "true"])
+        assert not (tmp_path / "pipe" / "adapt").exists()
 
 
 def test_validate_names_the_pipeline_section_of_a_missing_key():

@@ -16,7 +16,7 @@ from recipes import classify
 from tests.tiny import launch_two_processes
 from transferkit.config import parse_config
 from transferkit.errors import TransferKitError
-from transferkit.evidence.search import BEST_CONFIG, SEARCH_DIR, TRIALS_FILE, TrialObjective
+from transferkit.evidence.search import BEST_CONFIG, SEARCH_DIR, TRIALS_FILE, TrialObjective, user_config
 from transferkit.head_warmup import HeadWarmupCallback
 from transferkit.trainers import ClassificationTrainer
 
@@ -251,3 +251,13 @@ def test_hp_search_from_the_command_line_is_json_and_null_turns_it_off():
     with pytest.raises(TransferKitError, match="as text .on the command line., a JSON mapping"):
         parse_config(classify.ARGUMENT_TYPES, [*NOTHING, "--hp_search", "{n_trials: 4"])
     assert parse_config(classify.ARGUMENT_TYPES, [*NOTHING, "--hp_search", "null"])[-2].plan is None
+
+
+def test_best_config_keeps_the_seed_options_that_won(tmp_path):
+    """seeds on the command line win over the file's num_seeds: best.yaml, one file, must not hold both (its retrain
+    would stop on the contradiction after the whole search)."""
+    config = tmp_path / "search.yaml"
+    config.write_text("num_seeds: 3\nlearning_rate: 0.001\n")
+    merged = user_config(["--config", str(config), "--seeds", "4,5"], classify.ARGUMENT_TYPES)
+    assert merged["seeds"] == ["4,5"] and "num_seeds" not in merged and merged["learning_rate"] == 0.001
+    assert user_config(["--config", str(config)], classify.ARGUMENT_TYPES)["num_seeds"] == 3

@@ -128,9 +128,9 @@ def settle_and_check(
 def _build(dtype: type, values: dict[str, Any]) -> Any:
     """One dataclass from the parsed values (as HfArgumentParser does); its own checks' ValueError is one line."""
     names = {field.name for field in dataclasses.fields(dtype) if field.init}
-    if issubclass(dtype, TrainingArguments):  # building it starts a launch's process group: on CPU, with ddp_timeout
-        cpu_process_group(values)
     with as_user_error(dtype.__name__):
+        if issubclass(dtype, TrainingArguments):  # building it starts a launch's process group; on CPU: with
+            cpu_process_group(values)  # ddp_timeout (transferkit.distributed)
         return dtype(**{key: value for key, value in values.items() if key in names})
 
 

@@ -38,12 +38,16 @@ def cpu_process_group(values: dict[str, Any]) -> None:
     `timeout` outside its use_cpu branch), so a CPU (gloo) launch would wait torch's default 30 minutes at every
     barrier whatever ddp_timeout says. accelerate's PartialState made here first, with the timeout, starts the group
     as it would have (its backend choice, its MPI and torchrun environments); TrainingArguments then finds the group
-    started and keeps it. Not launched (one process) or not on the CPU: nothing to do.
+    started and keeps it. Not launched (one process), not on the CPU or a group already started: nothing to do.
     """
     import torch.distributed
     from accelerate import PartialState
+    from accelerate.utils import get_int_from_env
+    from transformers.utils import strtobool
 
-    if not (values.get("use_cpu") or _env_true("ACCELERATE_USE_CPU")) or torch.distributed.is_initialized():
+    on_cpu = values.get("use_cpu") or strtobool(os.environ.get("ACCELERATE_USE_CPU", "False"))  # as transformers
+    launched = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1) > 1
+    if not (on_cpu and launched) or torch.distributed.is_initialized():
         return
     timeout = datetime.timedelta(seconds=values.get("ddp_timeout") or 1800)
     PartialState(cpu=True, backend=values.get("ddp_backend"), timeout=timeout)

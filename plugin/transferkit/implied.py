@@ -47,6 +47,8 @@ def _word(value: Any) -> str:
 
 def _said(key: str, values: dict[str, Any], where: dict[str, str]) -> str:
     value = values[key]
+    if isinstance(value, list):  # seeds: 1,2 or 1 2, as given
+        return f"{key} {','.join(map(str, value))}"
     return f"{key} {value:g}" if isinstance(value, float) else f"{key} {_word(value)}"
 
 

@@ -82,10 +82,7 @@ def load_pretrained(
     the meta device from its config: its embedding table's size and config are checked, no weight is read.
     """
     if without_weights:
-        with torch.device("meta"):
-            model = auto_class.from_config(config, trust_remote_code=model_args.trust_remote_code)
-        model.transferkit_missing_keys = []
-        return model
+        return _without_weights(auto_class, model_args, config)
     try:
         model, info = auto_class.from_pretrained(
             model_args.model_name_or_path,
@@ -115,6 +112,20 @@ def load_pretrained(
     # Saved with the config, so the next stage's model card can tell base -> adapted -> finetuned.
     lineage = list(getattr(model.config, "transferkit_lineage", None) or [])
     model.config.transferkit_lineage = lineage + [model_args.model_name_or_path]
+    return model
+
+
+def _without_weights(auto_class, model_args: ModelArguments, config: PretrainedConfig) -> PreTrainedModel:
+    """The model's layers on the meta device: shapes and config, no memory, no weight file read."""
+    remote_code = {"trust_remote_code": model_args.trust_remote_code}
+    if model_args.trust_remote_code and model_args.model_revision:  # the model's code at the revision asked for
+        remote_code["code_revision"] = model_args.model_revision
+    try:
+        with torch.device("meta"):
+            model = auto_class.from_config(config, **remote_code)
+    except (OSError, ValueError) as err:  # no such head for this architecture, remote code not found, ...
+        raise TransferKitError(f"Could not build the model '{model_args.model_name_or_path}': {err}") from None
+    model.transferkit_missing_keys = []
     return model
 
 

@@ -120,16 +120,19 @@ def remove_killed_writers_files(path: str) -> None:
     folder, name = os.path.split(os.path.abspath(path))
     for entry in os.listdir(folder):
         pid = entry.removeprefix(f".{name}.").removesuffix(".partial")
-        if entry.startswith(f".{name}.") and entry.endswith(".partial") and pid.isdigit() and not _running(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, entry))
+        if not (entry.startswith(f".{name}.") and entry.endswith(".partial") and pid.isdigit()) or _running(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, entry))
             logger.info("Removed %s, left by a writer of %s that was killed.", entry, path)
 
 
 def _running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a writer on another machine sharing the folder is not seen:
+    two machines writing one output at once would overwrite each other's table anyway)."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: digits no pid can have
         return False
     except PermissionError:
         return True  # another user's process

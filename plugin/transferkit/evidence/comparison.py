@@ -8,7 +8,7 @@ One seed's test accuracy moves by a point or two with the seed alone, so the rep
   paired bootstrap interval of the difference (Dietterich, "Approximate Statistical Tests for Comparing Supervised
   Classification Learning Algorithms", Neural Computation 1998). These read both stages' predictions.csv row by row,
   so the rows must be the same examples in the same order: the report stops if they are not.
-The headline is one sentence for test accuracy (`evidence.verdict`): a gain, a loss, or not distinguishable from noise.
+The headline is one sentence for test accuracy (`stats.verdict`): a gain, a loss, or not distinguishable from noise.
 """
 
 from __future__ import annotations

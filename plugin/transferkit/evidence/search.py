@@ -55,12 +55,13 @@ TRIALS_FILE = "trials.csv"
 BEST_CONFIG = "best.yaml"
 STUDY_NAME = "transferkit-hp-search"
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")  # a metric named so is minimized by default
+SEED_LOOP = ("seeds", "num_seeds")
 
 
 def without_seed_loop(cls_args: ClassificationArguments) -> ClassificationArguments:
     """The options the search phase runs with: the trials train with `seed` alone, once, while `seeds` /
     `num_seeds` stay in best.yaml for the retrain (one search, then the best config on every seed)."""
-    loop = {name: None for name in ("seeds", "num_seeds") if getattr(cls_args, name, None)}
+    loop = {name: None for name in SEED_LOOP if getattr(cls_args, name, None)}
     return dataclasses.replace(cls_args, **loop) if loop else cls_args
 
 
@@ -369,7 +370,10 @@ def user_config(argv: Sequence[str], argument_types: Sequence[type]) -> dict[str
     if path is not None:
         with open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle) or {}
-    return {**config, **parse_overrides(argument_types, argv)}
+    overrides = parse_overrides(argument_types, argv)
+    if set(SEED_LOOP) & set(overrides):  # the command line's seeds / num_seeds won over the file's (one file: both
+        config = {key: value for key, value in config.items() if key not in SEED_LOOP}  # would contradict)
+    return {**config, **overrides}
 
 
 def write_best_config(path: str, config: dict[str, Any], best: dict[str, Any], metric: str, plan: SearchPlan) -> None:

@@ -39,6 +39,7 @@ from transferkit.errors import TransferKitError
 from transferkit.evidence import stats
 from transferkit.hub import MERGED_DIR
 from transferkit.labels import MULTI, REGRESSION, SINGLE
+from transferkit.lora import check_quantization_runs
 from transferkit.model_card import add_card_section
 from transferkit.preprocess import reporting_users_argv
 from transferkit.publish import PushTarget, prepare_push, publish
@@ -88,7 +89,10 @@ def run_seeds(
     argv = list(sys.argv[1:] if argv is None else argv)
     output_dir, seeds = training_args.output_dir, seed_list(cls_args, training_args)
     _check_output_dir(output_dir, training_args.resume_from_checkpoint)
-    push = prepare_push(training_args, lora_args)  # the repo is checked before any seed trains
+    push = None
+    if not data_args.preprocess_only:  # a node that only prepares the data needs neither a GPU nor the Hub
+        check_quantization_runs(lora_args)  # before any seed starts (each seed's start_run would, one at a time)
+        push = prepare_push(training_args, lora_args)  # the repo is checked before any seed trains
     split = data_split_seed(data_args, training_args)
     with tempfile.TemporaryDirectory() as scratch:  # per process: each writes its own copy of the config
         base = seed_run_argv(argv, scratch)
