@@ -38,9 +38,8 @@ from transformers import TrainingArguments, set_seed
 from transferkit.arguments import ClassificationArguments, DataArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
 from transferkit.data import data_split_seed, load_classification_splits
-from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes
+from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes, run_recipe
 from transferkit.dry_run import plan_run, print_plan
-from transferkit.errors import exit_on_user_error
 from transferkit.evidence.search import ClassifierInit, search_then_retrain, without_seed_loop
 from transferkit.evidence.search_space import SearchArguments
 from transferkit.evidence.seeds import run_seeds
@@ -190,4 +189,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_recipe(main)  # exit_on_user_error, then leave a launch's process group

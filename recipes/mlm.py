@@ -39,9 +39,9 @@ from transformers import TrainingArguments, set_seed
 from transferkit.arguments import DataArguments, MLMArguments, ModelArguments, RunArguments
 from transferkit.config import parse_config
 from transferkit.data import data_split_seed, load_corpus_splits
-from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes
+from transferkit.distributed import check_requested_backend, fill_fsdp_layer_classes, run_recipe
 from transferkit.dry_run import plan_run, print_plan
-from transferkit.errors import TransferKitError, exit_on_user_error
+from transferkit.errors import TransferKitError
 from transferkit.head_warmup import head_warmup
 from transferkit.lora import LoraArguments, apply_lora, model_load_kwargs, save_lora_outputs
 from transferkit.mlm_data import lm_collator, next_token_accuracy, tokenize_for_mlm
@@ -183,4 +183,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_recipe(main)  # exit_on_user_error, then leave a launch's process group

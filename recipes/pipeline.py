@@ -52,7 +52,8 @@ from accelerate import PartialState
 from transferkit.arguments import DataArguments, ModelArguments
 from transferkit.config import parse_config, parse_overrides
 from transferkit.data import load_classification_splits
-from transferkit.errors import TransferKitError, exit_on_user_error
+from transferkit.distributed import run_recipe
+from transferkit.errors import TransferKitError
 from transferkit.evidence.comparison import compare, console_summary, stage_row, write_report
 from transferkit.lora import LoraArguments, check_quantization_runs
 from transferkit.recipes import classify, mlm
@@ -306,4 +307,4 @@ def run_stage(output_dir: str, name: str, stage: dict) -> dict:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_recipe(main)  # exit_on_user_error, then leave a launch's process group

@@ -45,7 +45,7 @@ from transformers import TrainingArguments
 from transferkit.arguments import ModelArguments
 from transferkit.chunked import open_chunked_input, predict_in_chunks
 from transferkit.config import parse_config
-from transferkit.errors import exit_on_user_error
+from transferkit.distributed import run_recipe
 from transferkit.predict import (
     PredictArguments,
     check_model_source,
@@ -94,4 +94,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    run_recipe(main)  # exit_on_user_error, then leave a launch's process group

@@ -15,11 +15,12 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from transferkit.errors import TransferKitError
+from transferkit.errors import TransferKitError, exit_on_user_error
 from transferkit.memory import repeated_blocks
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,21 @@ def cpu_process_group(values: dict[str, Any]) -> None:
         return
     timeout = datetime.timedelta(seconds=values.get("ddp_timeout") or 1800)
     PartialState(cpu=True, backend=values.get("ddp_backend"), timeout=timeout)
+
+
+def run_recipe(main: Callable[[], object]) -> None:
+    """A recipe script's entry point: `main` with user errors as one line (errors.exit_on_user_error), then, in a
+    launch, this process leaves the process group. accelerate asks every script to end so (Accelerator.end_training
+    destroys the group; Trainer never does): otherwise the group's threads are torn down while the interpreter
+    exits, which can abort a process that has finished its work (torch warns of it for NCCL), and the launcher then
+    reports a failed run."""
+    exit_on_user_error(main)
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState().destroy_process_group()
 
 
 def fsdp_request(args: Any) -> str | None:
