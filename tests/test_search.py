@@ -253,11 +253,14 @@ def test_hp_search_from_the_command_line_is_json_and_null_turns_it_off():
     assert parse_config(classify.ARGUMENT_TYPES, [*NOTHING, "--hp_search", "null"])[-2].plan is None
 
 
-def test_best_config_keeps_the_seed_options_that_won(tmp_path):
-    """seeds on the command line win over the file's num_seeds: best.yaml, one file, must not hold both (its retrain
-    would stop on the contradiction after the whole search)."""
+def test_best_config_leaves_out_the_file_options_the_command_line_won_over(tmp_path):
+    """best.yaml is one file: a file option that lost to a command-line one (num_seeds to --seeds, save_strategy
+    epoch to --save_steps) would contradict it there, and the retrain would stop after the whole search."""
     config = tmp_path / "search.yaml"
-    config.write_text("num_seeds: 3\nlearning_rate: 0.001\n")
-    merged = user_config(["--config", str(config), "--seeds", "4,5"], classify.ARGUMENT_TYPES)
-    assert merged["seeds"] == ["4,5"] and "num_seeds" not in merged and merged["learning_rate"] == 0.001
-    assert user_config(["--config", str(config)], classify.ARGUMENT_TYPES)["num_seeds"] == 3
+    config.write_text("num_seeds: 3\nsave_strategy: epoch\nlearning_rate: 0.001\neval_strategy: epoch\n")
+    base = ["--config", str(config), "--model_name_or_path", "m", "--train_file", "a.csv", "--output_dir", "o"]
+    merged = user_config([*base, "--seeds", "4,5", "--save_steps", "10"], classify.ARGUMENT_TYPES)
+    assert merged["seeds"] == ["4,5"] and merged["save_steps"] == 10
+    assert "num_seeds" not in merged and "save_strategy" not in merged
+    assert merged["learning_rate"] == 0.001 and merged["eval_strategy"] == "epoch"  # the rest as the file has them
+    assert user_config(base, classify.ARGUMENT_TYPES)["num_seeds"] == 3

@@ -95,6 +95,20 @@ def parse_config(
     `save_strategy: steps`) and every numeric value is checked against its range (`transferkit.ranges`), all before
     anything is loaded.
     """
+    values, _ = parse_values(dataclass_types, argv, defaults, description, refused, config_label)
+    return tuple(_build(dtype, values) for dtype in dataclass_types)
+
+
+def parse_values(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    description: str | None = None,
+    refused: dict[str, str] | None = None,
+    config_label: str | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """parse_config short of building the dataclasses: every option's settled, checked value, and where the user
+    set each of theirs (the YAML file or "command line")."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(dataclass_types, description)
     if defaults:
@@ -109,8 +123,7 @@ def parse_config(
     if remaining:
         raise TransferKitError(_unknown_flags_message(parser, remaining))
     where.update(dict.fromkeys(parse_overrides(dataclass_types, argv), COMMAND_LINE))
-    values = settle_and_check(dataclass_types, vars(namespace), where, refused)
-    return tuple(_build(dtype, values) for dtype in dataclass_types)
+    return settle_and_check(dataclass_types, vars(namespace), where, refused), where
 
 
 def settle_and_check(

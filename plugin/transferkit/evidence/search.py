@@ -362,18 +362,25 @@ def _last_report(trial: Any) -> float | None:
 
 
 def user_config(argv: Sequence[str], argument_types: Sequence[type]) -> dict[str, Any]:
-    """The options the user gave: the --config file's, then the command line's (typed by the recipe's parser)."""
-    from transferkit.config import config_file, parse_overrides
+    """The options the user gave (the --config file's, then the command line's) as one file must hold them to mean
+    the same run: a file option that lost to a command-line one (save_strategy: epoch to --save_steps, num_seeds to
+    --seeds; transferkit.implied) is left out, since in one file the two would contradict."""
+    from transferkit.config import build_parser, config_file, load_yaml_config, parse_overrides, parse_values
 
-    config: dict[str, Any] = {}
-    path = config_file(list(argv))
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle) or {}
     overrides = parse_overrides(argument_types, argv)
-    if set(SEED_LOOP) & set(overrides):  # the command line's seeds / num_seeds won over the file's (one file: both
-        config = {key: value for key, value in config.items() if key not in SEED_LOOP}  # would contradict)
-    return {**config, **overrides}
+    path = config_file(list(argv))
+    if path is None:
+        return overrides
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    settled, _ = parse_values(argument_types, argv)
+    from_file = load_yaml_config(build_parser(argument_types), path)
+    lost = {key for key, value in from_file.items() if key not in overrides and _word(settled[key]) != _word(value)}
+    return {**{key: value for key, value in config.items() if key not in lost}, **overrides}
+
+
+def _word(value: Any) -> Any:
+    return getattr(value, "value", value)  # an IntervalStrategy member and its string alike
 
 
 def write_best_config(path: str, config: dict[str, Any], best: dict[str, Any], metric: str, plan: SearchPlan) -> None:
